@@ -1,0 +1,159 @@
+"""Compile the local cluster's binaries from the Go module proxy, cached by version.
+
+Each tool is built in a small wrapper Go module of its own under the cache directory, so the
+repository never holds Go code and `go build` can reuse the module and build caches across runs.
+A binary that already exists for its pinned version is never rebuilt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import versions
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SCIBOX_CLUSTER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "scibox-cluster"
+    )
+    return Path(root)
+
+
+@dataclass(frozen=True)
+class GoTool:
+    name: str  # binary names produced (first one is the cache key's name)
+    binaries: tuple[str, ...]
+    module: str
+    version: str
+    packages: tuple[str, ...]  # one main package per binary, same order
+
+    @property
+    def bin_dir(self) -> Path:
+        return cache_dir() / "bin" / f"{self.name}-{self.version}"
+
+    def built(self) -> bool:
+        return all((self.bin_dir / b).is_file() for b in self.binaries)
+
+
+KUBERNETES = GoTool(
+    name="kubernetes",
+    binaries=("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
+    module="k8s.io/kubernetes",
+    version=versions.KUBERNETES,
+    packages=(
+        "k8s.io/kubernetes/cmd/kube-apiserver",
+        "k8s.io/kubernetes/cmd/kube-controller-manager",
+        "k8s.io/kubernetes/cmd/kube-scheduler",
+    ),
+)
+ETCD = GoTool("etcd", ("etcd",), "go.etcd.io/etcd/server/v3", versions.ETCD, ("go.etcd.io/etcd/server/v3",))
+KWOK = GoTool("kwok", ("kwok",), "sigs.k8s.io/kwok", versions.KWOK, ("sigs.k8s.io/kwok/cmd/kwok",))
+HELM = GoTool("helm", ("helm",), "helm.sh/helm/v3", versions.HELM, ("helm.sh/helm/v3/cmd/helm",))
+
+ALL_TOOLS = (ETCD, KWOK, HELM, KUBERNETES)
+
+
+def log(msg: str) -> None:
+    print(f"[cluster build {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _go(args: list[str], cwd: Path) -> str:
+    env = dict(os.environ, GOFLAGS="-mod=mod", CGO_ENABLED="0", GOTOOLCHAIN="local")
+    proc = subprocess.run(["go", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"go {' '.join(args)} failed in {cwd}:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def _module_dir(module: str, version: str, cwd: Path) -> Path:
+    out = _go(["mod", "download", "-json", f"{module}@{version}"], cwd)
+    match = re.search(r'"Dir":\s*"([^"]+)"', out)
+    if not match:
+        raise RuntimeError(f"go mod download gave no Dir for {module}@{version}: {out}")
+    return Path(match.group(1))
+
+
+def staging_replaces(kubernetes_go_mod: str, staging_version: str) -> list[str]:
+    """k8s.io/kubernetes replaces its staging modules with ./staging paths, which only work
+    inside its own repository; a module depending on it must name the published versions."""
+    modules = re.findall(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/", kubernetes_go_mod, re.M)
+    return [f"replace {m} => {m} {staging_version}" for m in sorted(set(modules))]
+
+
+def _write_wrapper(tool: GoTool, workdir: Path) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    lines = [f"module scibox.local/build/{tool.name}", "", "go 1.25.0", "",
+             f"require {tool.module} {tool.version}", ""]
+    if tool is KUBERNETES:
+        (workdir / "go.mod").write_text("\n".join(lines))
+        src = _module_dir(tool.module, tool.version, workdir)
+        lines += staging_replaces((src / "go.mod").read_text(), versions.KUBERNETES_STAGING)
+    (workdir / "go.mod").write_text("\n".join(lines) + "\n")
+    # A blank-import file keeps `go mod tidy` from dropping the requirement.
+    imports = "\n".join(f'\t_ "{p}"' for p in tool.packages)
+    (workdir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
+
+
+def build_tool(tool: GoTool) -> Path:
+    if tool.built():
+        log(f"{tool.name} {tool.version}: cached in {tool.bin_dir}")
+        return tool.bin_dir
+    workdir = cache_dir() / "src" / f"{tool.name}-{tool.version}"
+    started = time.monotonic()
+    log(f"{tool.name} {tool.version}: resolving modules in {workdir}")
+    _write_wrapper(tool, workdir)
+    _go(["mod", "tidy", "-e"], workdir)
+    tmp_out = tool.bin_dir.with_name(tool.bin_dir.name + ".partial")
+    shutil.rmtree(tmp_out, ignore_errors=True)
+    tmp_out.mkdir(parents=True)
+    for binary, package in zip(tool.binaries, tool.packages):
+        log(f"{tool.name}: compiling {binary} (minutes on 2 cores for Kubernetes)")
+        t0 = time.monotonic()
+        _go(["build", "-trimpath", "-ldflags=-s -w", "-o", str(tmp_out / binary), package], workdir)
+        log(f"{tool.name}: {binary} done in {time.monotonic() - t0:.0f}s")
+    shutil.rmtree(tool.bin_dir, ignore_errors=True)
+    tmp_out.rename(tool.bin_dir)
+    log(f"{tool.name} {tool.version}: built in {time.monotonic() - started:.0f}s")
+    return tool.bin_dir
+
+
+def build_all(only: list[str] | None = None) -> dict[str, Path]:
+    paths = {}
+    for tool in ALL_TOOLS:
+        if only and tool.name not in only:
+            continue
+        paths[tool.name] = build_tool(tool)
+    return paths
+
+
+def binary(name: str) -> Path:
+    for tool in ALL_TOOLS:
+        if name in tool.binaries:
+            path = tool.bin_dir / name
+            if not path.is_file():
+                build_tool(tool)
+            return path
+    raise KeyError(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("tools", nargs="*", help="subset of: " + ", ".join(t.name for t in ALL_TOOLS))
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    for name, path in build_all(args.tools or None).items():
+        print(f"{name}\t{path}")
+    log(f"all done in {time.monotonic() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

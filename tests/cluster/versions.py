@@ -1,0 +1,12 @@
+"""Pinned versions of everything the local cluster builds from the Go module proxy.
+
+Bumping a version here changes the cache key, so the next `build` compiles it anew.
+"""
+
+KUBERNETES = "v1.35.4"
+# The staging modules (k8s.io/api, client-go, ...) are published as v0.<minor>.<patch>.
+KUBERNETES_STAGING = "v0" + KUBERNETES[2:]
+ETCD = "v3.6.16"
+KWOK = "v0.8.0"
+HELM = "v3.19.5"
+PROMETHEUS_OPERATOR = "v0.85.0"

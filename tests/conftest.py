@@ -1,0 +1,6 @@
+"""Shared fixtures. Each real dependency lives in its own plugin module under tests/fixtures/."""
+
+pytest_plugins = [
+    "tests.fixtures.cluster",
+    "tests.fixtures.vllm",
+]
