@@ -8,6 +8,7 @@ A binary that already exists for its pinned version is never rebuilt.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import re
 import shutil
@@ -106,6 +107,18 @@ def build_tool(tool: GoTool) -> Path:
     if tool.built():
         log(f"{tool.name} {tool.version}: cached in {tool.bin_dir}")
         return tool.bin_dir
+    # One build per tool at a time: a second caller (a test session starting while
+    # bootstrap.sh builds) waits for the first and then finds the binaries cached.
+    lock_path = cache_dir() / "src" / f".{tool.name}-{tool.version}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if tool.built():
+            return tool.bin_dir
+        return _build_locked(tool)
+
+
+def _build_locked(tool: GoTool) -> Path:
     workdir = cache_dir() / "src" / f"{tool.name}-{tool.version}"
     started = time.monotonic()
     log(f"{tool.name} {tool.version}: resolving modules in {workdir}")

