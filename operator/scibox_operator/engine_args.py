@@ -536,6 +536,13 @@ def settings_from_env(
         elif name.startswith("VLLM_") and vllm_known:
             errors.append(f"unknown env {name}: neither a SciBox setting nor a vLLM environment variable")
 
+    # MODEL_NAME and MODEL_ID are two ways to say the same thing: the environment's choice beats the
+    # file's (e.g. MODEL_ID in env over the shipped model.name); both in one layer is an error below.
+    if "MODEL_NAME" in raw and "MODEL_ID" in raw:
+        from_env = {n: raw[n][1].startswith("env ") for n in ("MODEL_NAME", "MODEL_ID")}
+        if from_env["MODEL_NAME"] != from_env["MODEL_ID"]:
+            del raw["MODEL_ID" if from_env["MODEL_NAME"] else "MODEL_NAME"]
+
     values: dict[str, Any] = {}
     for name, (value, where) in raw.items():
         setting = _SETTING_BY_ENV[name]

@@ -123,6 +123,14 @@ def test_env_overrides_yaml_and_empty_env_means_unset():
     assert (s.model, s.max_model_len, s.port) == ("/from-yaml", 2048, 9000)
 
 
+def test_model_id_in_env_beats_the_files_model_name_and_vice_versa():
+    config = {"model": {"name": "Qwen/Qwen2.5-0.5B-Instruct"}}
+    assert settings_from_env({"MODEL_ID": "org/x"}, config).model == "/models/org--x/main"
+    assert settings_from_env({"MODEL_NAME": "/m"}, {"model": {"id": "org/x"}}).model == "/m"
+    with pytest.raises(SettingsError, match="not both"):
+        settings_from_env({}, {"model": {"name": "/m", "id": "org/x"}})
+
+
 def test_model_id_serves_the_downloaded_folder_under_its_repo_name():
     s = settings_from_env({"MODEL_ID": "org/name", "MODEL_REVISION": "refs/pr/1", "CACHE_DIR": "/c"}, None)
     assert s.model == "/c/org--name/refs--pr--1"

@@ -1,0 +1,234 @@
+"""Model-cache downloader run by the operator's download Job (through download_model.sh).
+
+Fetches one hub repo revision into {CACHE_DIR}/{org}--{name}/{revision} (engine_args.model_cache_path,
+the same function the server side uses to find it), and only what vLLM loads:
+  * config/tokenizer files at the repo root: *.json, tokenizer.model, *.tiktoken, *.txt, *.jinja, *.py
+  * weights at the repo root: *.safetensors (only the shards the index names, when there is an index);
+    *.bin / *.pt only when the repo has no safetensors.  Never .gguf/.msgpack/.h5 or subfolders
+    such as original/ (duplicates vLLM would not read).
+
+Environment: MODEL_ID (required, org/name), MODEL_REVISION (default main), CACHE_DIR (default
+/models), HF_TOKEN (gated/private repos; never printed), HF_ENDPOINT (mirror), DOWNLOAD_MAX_WORKERS
+(default 4), TERMINATION_LOG (default /dev/termination-log).
+
+Idempotent and resumable: configs are fetched before weights; files completed by an interrupted
+run are kept and not fetched again (huggingface_hub's local_dir metadata), a connection cut
+mid-file is resumed with an HTTP Range request.  When the completion marker for this repo and
+revision exists and its files are present, it exits 0 without any network request.
+
+Output: one JSON summary line on stdout (also written to TERMINATION_LOG when writable, so the
+operator can read it from the pod's termination message); failures print one line
+"download failed [kind]: message" to stderr, write {"error": kind, ...} to TERMINATION_LOG and
+exit with engine_args.DOWNLOAD_EXIT_CODES[kind].
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# In the image engine_args.py sits next to this file; in the repo it lives in the operator package.
+for candidate in (HERE, HERE.parent.parent / "operator" / "scibox_operator"):
+    if (candidate / "engine_args.py").is_file():
+        sys.path.insert(0, str(candidate))
+        break
+import engine_args  # noqa: E402
+
+EXIT = engine_args.DOWNLOAD_EXIT_CODES
+MARKER = engine_args.MODEL_CACHE_MARKER
+
+CONFIG_SUFFIXES = (".json", ".model", ".tiktoken", ".txt", ".jinja", ".py")
+
+
+class DownloadError(Exception):
+    def __init__(self, kind: str, message: str):
+        assert kind in EXIT, kind
+        self.kind, self.message = kind, message
+        super().__init__(message)
+
+
+def choose_files(names: list[str], index: dict | None) -> tuple[list[str], list[str]]:
+    """(config files, weight files) vLLM needs from a repo's file names; pure, for the tests too."""
+    root = sorted(n for n in names if "/" not in n)
+    configs = [n for n in root if n.endswith(CONFIG_SUFFIXES) and not n.startswith(".")]
+    safetensors = [n for n in root if n.endswith(".safetensors")]
+    if safetensors:
+        if index is not None:
+            listed = set(index.get("weight_map", {}).values())
+            missing = sorted(listed - set(safetensors))
+            if missing:
+                raise DownloadError("no_weights", f"the safetensors index names files the repo lacks: {missing[:3]}")
+            safetensors = sorted(listed)
+        return configs, safetensors
+    for suffix in (".bin", ".pt"):
+        weights = [n for n in root if n.endswith(suffix)]
+        if weights:
+            if index is not None and suffix == ".bin":
+                weights = sorted(set(index.get("weight_map", {}).values()))
+            return configs, weights
+    raise DownloadError("no_weights", "the repo has no weights vLLM can load here (*.safetensors, *.bin or *.pt "
+                                      f"at its root); files: {', '.join(root[:10]) or 'none'}")
+
+
+def classify(exc: BaseException, token_set: bool) -> DownloadError:
+    """Map any failure (huggingface_hub, httpx/requests, OS) to one of the exit kinds."""
+    if isinstance(exc, DownloadError):
+        return exc
+    chain, seen = [], set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        chain.append(node)
+        node = node.__cause__ or node.__context__
+    for err in chain:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DownloadError("disk_full", f"no space left on the model cache volume ({err.filename or 'write'})")
+    for err in chain:
+        response = getattr(err, "response", None)
+        status = getattr(response, "status_code", None)
+        name = type(err).__name__
+        if status == 404 or name in ("RepositoryNotFoundError", "RevisionNotFoundError", "RemoteEntryNotFoundError"):
+            return DownloadError("not_found", _first_line(err, "repository, revision or file not found"))
+        if status in (401, 403) or name == "GatedRepoError":
+            hint = ("HF_TOKEN was refused or lacks access to this repo" if token_set else
+                    "the repo is gated or private and HF_TOKEN is not set")
+            return DownloadError("unauthorized", f"HTTP {status or 401}: {hint}")
+        if status is not None and (status >= 500 or status == 429):
+            return DownloadError("unreachable", f"the hub answered HTTP {status}; try again later")
+    for err in chain:
+        name = type(err).__name__
+        if name in ("ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutException", "PoolTimeout",
+                    "ConnectionError", "NetworkError", "ProxyError") or isinstance(err, (ConnectionError, TimeoutError)):
+            return DownloadError("unreachable", f"cannot reach the hub ({name}: {_first_line(err, '')})")
+        if name == "OfflineModeIsEnabled":
+            return DownloadError("bad_config", "HF_HUB_OFFLINE is set: the downloader needs the hub")
+    return DownloadError("failed", f"{type(exc).__name__}: {_first_line(exc, 'unexpected error')}")
+
+
+def _first_line(err: BaseException, default: str) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines[:2])[:300] or default
+
+
+def read_marker(target: Path, repo_id: str, revision: str) -> dict | None:
+    try:
+        marker = json.loads((target / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if marker.get("repo") != repo_id or marker.get("revision") != revision:
+        return None
+    if not all((target / name).is_file() for name in marker.get("files", [])):
+        return None
+    return marker
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def report(line: dict, termination_log: str) -> None:
+    text = json.dumps(line, sort_keys=True)
+    try:
+        with open(termination_log, "w") as handle:  # k8s keeps at most 4096 bytes of it
+            handle.write(text[:4000])
+    except OSError:
+        pass  # outside Kubernetes there is no termination log; stdout/stderr still carry it
+
+
+def download(repo_id: str, revision: str, target: Path, token: str | None, endpoint: str | None,
+             workers: int) -> dict:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ.pop("HF_HUB_OFFLINE", None) not in (None, "", "0"):
+        print("note: ignoring HF_HUB_OFFLINE for the downloader", file=sys.stderr)
+    from huggingface_hub import HfApi, snapshot_download
+
+    started = time.monotonic()
+    before = {p: p.stat().st_size for p in target.rglob("*") if p.is_file()} if target.exists() else {}
+    api = HfApi(endpoint=endpoint, token=token or False)
+    info = api.model_info(repo_id, revision=revision)
+    commit = info.sha
+    names = [s.rfilename for s in (info.siblings or [])]
+    configs, _ = choose_files(names, None)  # validates there are weights before fetching anything
+
+    def fetch(files: list[str]) -> None:
+        if files:
+            snapshot_download(repo_id, revision=commit, local_dir=str(target), endpoint=endpoint,
+                              token=token or False, allow_patterns=[glob.escape(f) for f in files],
+                              max_workers=workers)
+
+    target.mkdir(parents=True, exist_ok=True)
+    fetch(configs)
+    index = None
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (target / index_name).is_file():
+            index = json.loads((target / index_name).read_text())
+            break
+    configs, weights = choose_files(names, index)
+    fetch(weights)
+
+    files = configs + weights
+    missing = [f for f in files if not (target / f).is_file()]
+    if missing:
+        raise DownloadError("failed", f"download finished but files are missing: {missing[:3]}")
+    sizes = {f: (target / f).stat().st_size for f in files}
+    downloaded = sum(size for f, size in sizes.items() if before.get(target / f) != size)
+    marker = {
+        "repo": repo_id, "revision": revision, "commit": commit, "endpoint": endpoint or "https://huggingface.co",
+        "files": files, "file_count": len(files), "bytes": sum(sizes.values()),
+        "duration_seconds": round(time.monotonic() - started, 3),
+        "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_atomically(target / MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    return {**marker, "downloaded_bytes": downloaded}
+
+
+def main() -> int:
+    termination_log = os.environ.get("TERMINATION_LOG", "/dev/termination-log")
+    token = os.environ.get("HF_TOKEN") or None
+    try:
+        repo_id = (os.environ.get("MODEL_ID") or "").strip()
+        if not repo_id:
+            raise DownloadError("bad_config", "MODEL_ID is not set (expected org/name)")
+        revision = (os.environ.get("MODEL_REVISION") or "main").strip()
+        cache_dir = os.environ.get("CACHE_DIR") or engine_args.DEFAULT_MODEL_CACHE_DIR
+        endpoint = (os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
+        try:
+            workers = int(os.environ.get("DOWNLOAD_MAX_WORKERS") or 4)
+            target = Path(engine_args.model_cache_path(cache_dir, repo_id, revision))
+        except ValueError as exc:
+            raise DownloadError("bad_config", str(exc)) from None
+        if workers < 1:
+            raise DownloadError("bad_config", "DOWNLOAD_MAX_WORKERS must be >= 1")
+
+        marker = read_marker(target, repo_id, revision)
+        if marker is not None:
+            summary = {**marker, "downloaded_bytes": 0, "cached": True, "path": str(target),
+                       "duration_seconds": 0.0}
+        else:
+            summary = {**download(repo_id, revision, target, token, endpoint, workers), "cached": False,
+                       "path": str(target)}
+    except BaseException as exc:  # noqa: BLE001 - every failure leaves as one line and an exit code
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        failure = classify(exc, token_set=token is not None)
+        print(f"download failed [{failure.kind}]: {failure.message}", file=sys.stderr)
+        report({"error": failure.kind, "message": failure.message, "exit_code": EXIT[failure.kind]}, termination_log)
+        return EXIT[failure.kind]
+
+    compact = {k: v for k, v in summary.items() if k != "files"}
+    print(json.dumps(compact, sort_keys=True), flush=True)
+    report(compact, termination_log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

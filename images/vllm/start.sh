@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Entry point of the SciBox vLLM image: builds vLLM's argv from config/vllm_config.yaml (path:
+# VLLM_CONFIG) and the environment with engine_args.py -- the same mapping the operator uses --
+# and execs the OpenAI-compatible server.  Extra arguments to this script are appended (they go
+# through the same extra-args check).  VLLM_PYTHON picks the interpreter (default python3).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PY="${VLLM_PYTHON:-python3}"
+ENGINE_ARGS="${SCIBOX_ENGINE_ARGS:-$here/engine_args.py}"
+# In the repo (not the image) the mapping lives in the operator package.
+[ -f "$ENGINE_ARGS" ] || ENGINE_ARGS="$here/../../operator/scibox_operator/engine_args.py"
+CONFIG="${VLLM_CONFIG:-$here/config/vllm_config.yaml}"
+SERVER_MODULE="${VLLM_SERVER_MODULE:-vllm.entrypoints.openai.api_server}"
+
+if [ "$#" -gt 0 ]; then
+  # Arguments given to the container join EXTRA_ARGS, so they are checked like them.
+  export EXTRA_ARGS="${EXTRA_ARGS:-} $(printf '%q ' "$@")"
+fi
+
+config_arg=()
+if [ -f "$CONFIG" ]; then
+  config_arg=(--config "$CONFIG")
+elif [ -n "${VLLM_CONFIG:-}" ]; then
+  echo "start.sh: VLLM_CONFIG=$VLLM_CONFIG does not exist" >&2
+  exit 2
+fi
+
+# NUL-separated tokens: no word splitting or globbing can change an argument.
+args=()
+argv_file="$(mktemp)"
+trap 'rm -f "$argv_file"' EXIT
+if ! "$PY" "$ENGINE_ARGS" "${config_arg[@]}" --print-args >"$argv_file"; then
+  echo "start.sh: refusing to start vLLM with invalid settings" >&2
+  exit 2
+fi
+while IFS= read -r -d '' token; do args+=("$token"); done <"$argv_file"
+rm -f "$argv_file"
+trap - EXIT
+
+# vLLM reads VLLM_PORT itself as the base of its internal ports; our VLLM_PORT is the HTTP port
+# (already in argv), so leaving it set would make vLLM collide with its own listener.
+unset VLLM_PORT VLLM_HOST
+
+printf 'start.sh: exec %s -m %s' "$PY" "$SERVER_MODULE" >&2
+printf ' %q' "${args[@]}" >&2
+printf '\n' >&2
+exec "$PY" -m "$SERVER_MODULE" "${args[@]}"
