@@ -50,6 +50,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
              "provisioner")
 
+# kube-apiserver's graceful shutdown waits for open watches to end (up to a minute); a few
+# seconds are plenty for a throwaway store, then it is killed.
+STOP_GRACE_S = {"kube-apiserver": 5.0}
+
 # Client identities (CN, groups). kcm and the scheduler use the names the default RBAC
 # bindings expect; kwok simulates many kubelets at once, which the Node authorizer cannot
 # express per node, so it and the provisioner are cluster admins with their own user names.
@@ -229,6 +233,11 @@ class Cluster:
         return pid if self._is_ours(pid) else None
 
     def _is_ours(self, pid: int) -> bool:
+        for child in self._children.values():
+            if child.pid == pid:
+                # Our own child: trust the PID (right after a vfork-exec, /proc/PID/cmdline can
+                # still read empty). poll() also reaps it once it has exited.
+                return child.poll() is None
         state = _proc_state(pid)
         if state is None:
             return False
@@ -257,11 +266,14 @@ class Cluster:
         self.pid_file(process).write_text(f"{child.pid}\n")
         return child.pid
 
-    def _stop(self, process: str, timeout: float = 15.0) -> None:
+    def _stop(self, process: str, timeout: float | None = None) -> None:
+        """SIGTERM, then SIGKILL after `timeout` (0: SIGKILL at once, like a crash)."""
+        if timeout is None:
+            timeout = STOP_GRACE_S.get(process, 10.0)
         pid = self.pid(process)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM if timeout > 0 else signal.SIGKILL)
             deadline = time.monotonic() + timeout
             while self._is_ours(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -331,10 +343,14 @@ class Cluster:
         cluster.start(nodes=nodes, timeout=timeout)
         return cluster
 
-    def start(self, nodes: list[node_shapes.NodeShape] | None = None, timeout: float = 120.0) -> None:
+    def start(self, nodes: list[node_shapes.NodeShape] | None = None, timeout: float = 120.0,
+              register: bool = False) -> None:
+        """Start unless already up. `register` records this process as a user (see `leave`)."""
         with self._lock():
             if self.is_up():
                 self.started = False
+                if register:
+                    self.register_user(started=False)
                 return
             # Whatever is left of an earlier run (crashed, half up) goes first.
             self._teardown()
@@ -346,6 +362,17 @@ class Cluster:
                     self._stop(process)
                 raise
             self.started = True
+            if register:
+                self.register_user(started=True)
+
+    def leave(self) -> bool:
+        """Unregister this process; stop the cluster if a registered session started it and
+        no other live user remains. True if it was stopped."""
+        with self._lock():
+            if self.release_user():
+                self._teardown()
+                return True
+            return False
 
     def down(self) -> None:
         with self._lock():
@@ -545,12 +572,40 @@ class Cluster:
         docs = [f.read_text().strip().removeprefix("---").strip() for f in files]
         (self.state_dir / "kwok.yaml").write_text("\n---\n".join(docs) + "\n")
 
+    # ---- sharing one cluster between concurrent sessions --------------------------------
+    # Several pytest sessions (one per engineer) may share a cluster. Each registers its PID;
+    # the last live user leaves, and only then is a cluster that a session started stopped.
+    def register_user(self, pid: int | None = None, started: bool = False) -> None:
+        users = self.state_dir / "users"
+        users.mkdir(exist_ok=True)
+        (users / str(pid or os.getpid())).write_text("started\n" if started else "reused\n")
+
+    def release_user(self, pid: int | None = None) -> bool:
+        """Unregister; True when no other live user remains and some session started the
+        cluster, i.e. the caller should stop it."""
+        users = self.state_dir / "users"
+        me = users / str(pid or os.getpid())
+        started_by_session = me.is_file() and me.read_text().startswith("started")
+        me.unlink(missing_ok=True)
+        live = []
+        for entry in users.glob("*") if users.is_dir() else []:
+            if entry.name.isdigit() and _proc_state(int(entry.name)) not in (None, "Z", "X"):
+                live.append(entry)
+            else:
+                started_by_session |= entry.read_text().startswith("started")
+                entry.unlink(missing_ok=True)
+        return not live and started_by_session
+
     # ---- operations used by tests, benchmarks and the demo ------------------------------
-    def restart_apiserver(self, timeout: float = 90.0) -> int:
-        """Stop kube-apiserver and start it again with the same flags and port; returns the
-        new PID once /readyz is ok. Clients see connection errors in between."""
+    def restart_apiserver(self, timeout: float = 90.0, graceful: bool = True,
+                          down_for: float = 0.0) -> int:
+        """Stop kube-apiserver (SIGTERM with a short grace, or SIGKILL when not `graceful`),
+        keep it down `down_for` seconds, start it again with the same flags and port; returns
+        the new PID once /readyz is ok. Clients see connection errors in between."""
         argv = json.loads((self.state_dir / "cmd" / "kube-apiserver.json").read_text())
-        self._stop("kube-apiserver")
+        self._stop("kube-apiserver", None if graceful else 0)
+        if down_for > 0:
+            time.sleep(down_for)
         pid = self._spawn("kube-apiserver", argv)
         self._wait_apiserver_ready(timeout)
         return pid
