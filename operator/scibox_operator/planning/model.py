@@ -203,7 +203,7 @@ class _LlamaLike:
 
     norms_per_layer: int = 2
     qk_norm: bool = False
-    qkv_bias: str | bool = False      # a config key, or a fixed answer
+    qkv_bias: str | bool | tuple[str, bool] = False   # a config key, (key, default), or a fixed answer
     o_bias: str | bool = False
     mlp_bias: str | bool = False
     tie_default: bool = False
@@ -216,7 +216,7 @@ _LLAMA_LIKE: dict[str, _LlamaLike] = {
     "mistral": _LlamaLike(),
     "mixtral": _LlamaLike(moe="mixtral"),
     "qwen2": _LlamaLike(qkv_bias=True),
-    "qwen2_moe": _LlamaLike(qkv_bias="qkv_bias", moe="qwen2_moe"),
+    "qwen2_moe": _LlamaLike(qkv_bias=("qkv_bias", True), moe="qwen2_moe"),
     "qwen3": _LlamaLike(qk_norm=True, qkv_bias="attention_bias", o_bias="attention_bias"),
     "qwen3_moe": _LlamaLike(qk_norm=True, qkv_bias="attention_bias", o_bias="attention_bias",
                             moe="qwen3_moe"),
@@ -304,8 +304,11 @@ def _replace(facts: ModelFacts, **changes) -> ModelFacts:
     return replace(facts, **changes)
 
 
-def _flag(cfg: _Config, spec: str | bool) -> bool:
-    return spec if isinstance(spec, bool) else cfg.bool(spec, False)
+def _flag(cfg: _Config, spec: str | bool | tuple[str, bool]) -> bool:
+    if isinstance(spec, bool):
+        return spec
+    key, default = spec if isinstance(spec, tuple) else (spec, False)
+    return cfg.bool(key, default)
 
 
 def _common_text_facts(cfg: _Config, model_type: str) -> dict:

@@ -204,7 +204,7 @@ def tensor_parallel_problem(model: ModelFacts, tp: int, scheme: QuantScheme | No
         if kv % tp and tp % kv:
             return (f"{kv} KV heads can be neither split nor replicated evenly over "
                     f"tensor parallel size {tp}")
-    if scheme and scheme.group_size:
+    if scheme and scheme.group_size and tp > 1:
         for what, size in model.tp_group_aligned:
             if size % tp == 0 and (size // tp) % scheme.group_size:
                 return (f"{what} ({size}) split {tp} ways is {size // tp}, not a multiple of the "
@@ -340,26 +340,34 @@ def evaluate_layout(model: ModelFacts, gpu: GpuType, gpus_per_node: int, tensor_
 
 def _candidates(model: ModelFacts, gpus_per_node: int, tp_fixed: int | None, pp_fixed: int | None,
                 max_nodes: int | None, scheme: QuantScheme | None) -> list[tuple[int, int, int, int]]:
-    """Layouts (tp, pp, nodes, gpus per node) in order of preference.
+    """Layouts (tp, pp, nodes, gpus per node) in the order they are tried.
 
-    Fewest GPUs first, then fewest nodes, then the widest TP: that is vLLM's guidance
-    (TP within a node, PP across nodes). When both sizes are left to us, a layout that
-    spans nodes runs one pipeline stage per node, all its GPUs in one TP group; pipeline
-    stages share a node only when no TP size the model allows fills the node.
+    When both sizes are ours to choose we follow vLLM's guidance: tensor parallelism
+    inside one node (each valid TP size, smallest first); when the widest TP size a node
+    allows is not enough, that TP group is repeated as pipeline stages, across nodes
+    (one stage per node when the TP group fills a node). Pipeline stages share a node
+    only when no TP size the model allows fills it (e.g. 28 heads on 8-GPU nodes).
+    A given size is kept and the other one searched. Order: fewest GPUs, then fewest
+    nodes, then the widest TP.
     """
-    tps = [tp_fixed] if tp_fixed else valid_tensor_parallel_sizes(model, gpus_per_node, scheme)
-    pps = [pp_fixed] if pp_fixed else range(1, model.num_layers + 1)
+    valid = valid_tensor_parallel_sizes(model, gpus_per_node, scheme)
+    pairs: list[tuple[int, int]] = []
+    if tp_fixed is None and pp_fixed is None:
+        pairs += [(tp, 1) for tp in valid]
+        pairs += [(valid[-1], pp) for pp in range(2, model.num_layers + 1)]
+    elif tp_fixed is None:
+        pairs += [(tp, pp_fixed) for tp in valid]
+    elif pp_fixed is None:
+        pairs += [(tp_fixed, pp) for pp in range(1, model.num_layers + 1)]
+    else:
+        pairs.append((tp_fixed, pp_fixed))
     layouts = []
-    for tp in tps:
-        for pp in pps:
-            if tp_fixed is None and pp_fixed is None and tp * pp > gpus_per_node:
-                placed = (pp, tp)          # one stage per node
-            else:
-                placed = place(tp, pp, gpus_per_node)
-            if placed is None or (max_nodes is not None and placed[0] > max_nodes):
-                continue
-            layouts.append((tp, pp, *placed))
-    layouts.sort(key=lambda l: (l[0] * l[1], l[2], -l[0]))
+    for tp, pp in pairs:
+        placed = place(tp, pp, gpus_per_node)
+        if placed is None or (max_nodes is not None and placed[0] > max_nodes):
+            continue
+        layouts.append((tp, pp, *placed))
+    layouts.sort(key=lambda layout: (layout[0] * layout[1], layout[2], -layout[0]))
     return layouts
 
 
