@@ -50,10 +50,10 @@ class ProbeReason(StrEnum):
     """Why a replica is (not) serving. Values double as metav1.Condition reasons (CamelCase)."""
 
     SERVING = "Serving"
-    # Up but not yet answering /health with 200, or (when the caller says the replica is still in
-    # its start-up window) not yet listening: vLLM only opens its port once the engine is built.
+    # Not answering yet while the caller knows the replica is in its start-up window (see
+    # `starting` in probe_endpoint): vLLM opens its port only once the engine is built.
     LOADING = "Loading"
-    # Nothing usable answers: connection refused or reset, a timeout, or an unexpected answer.
+    # Nothing usable answers: connection refused or reset, a timeout, a non-200 /health.
     ENGINE_DOWN = "EngineDown"
     # The server answers but does not list the served model name we configured.
     MODEL_MISSING = "ModelMissing"
@@ -123,11 +123,17 @@ def _snippet(body: str) -> str:
     return body if len(body) <= _MAX_BODY_IN_MESSAGE else body[: _MAX_BODY_IN_MESSAGE - 3] + "..."
 
 
-def classify_health(status: int) -> Verdict | None:
-    """/health: 200 means the engine is up; anything else means it is not (yet)."""
+def classify_health(status: int, *, starting: bool = False) -> Verdict | None:
+    """/health: 200 means the engine is up; anything else means it is not (yet).
+
+    Measured on vLLM 0.32: the port stays closed until the engine is built, and /health answers
+    503 only once the engine is dead (EngineDeadError), just before the server exits. So a non-200
+    is Loading only while the caller knows the replica is starting, EngineDown otherwise.
+    """
     if status == 200:
         return None
-    return Verdict(ProbeReason.LOADING, f"/health answered HTTP {status}")
+    reason = ProbeReason.LOADING if starting else ProbeReason.ENGINE_DOWN
+    return Verdict(reason, f"/health answered HTTP {status}")
 
 
 def classify_models(status: int, body: str, served_model_name: str) -> Verdict | None:
@@ -225,8 +231,8 @@ async def probe_endpoint(
 
     `timeout` bounds each request. `starting=True` tells the probe the caller knows the replica
     is still within its start-up window (e.g. its container started recently and has never
-    served): vLLM does not listen before its engine is built, so a refused connection or a
-    timeout then means Loading rather than EngineDown. Never raises for a misbehaving server;
+    served): vLLM does not listen before its engine is built, so a refused connection, a timeout
+    or a non-200 /health then means Loading rather than EngineDown. Never raises for a misbehaving server;
     raises ValueError only for a base_url that is not an http(s) URL.
     """
     url = _check_base_url(base_url)
@@ -249,7 +255,7 @@ async def probe_endpoint(
 
     try:
         status, _ = await _fetch(session, "GET", url, "/health", headers={}, timeout=client_timeout)
-        if verdict := classify_health(status):
+        if verdict := classify_health(status, starting=starting):
             return result(verdict.reason, verdict.detail)
         status, body = await _fetch(session, "GET", url, "/v1/models", headers=headers, timeout=client_timeout)
         if verdict := classify_models(status, body, served_model_name):
