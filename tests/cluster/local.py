@@ -250,7 +250,10 @@ class Cluster:
     def processes(self) -> dict[str, int | None]:
         return {p: self.pid(p) for p in PROCESSES}
 
-    def _spawn(self, process: str, argv: list[str], env: dict | None = None) -> int:
+    def _spawn(self, process: str, argv: list[str]) -> int:
+        env = _child_env()
+        if process == "provisioner":
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         self.log_file(process).parent.mkdir(parents=True, exist_ok=True)
         self.pid_file(process).parent.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "cmd").mkdir(exist_ok=True)
@@ -260,7 +263,7 @@ class Cluster:
             log.flush()
             child = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.state_dir, env=env or _child_env(), start_new_session=True,
+                cwd=self.state_dir, env=env, start_new_session=True,
             )
         self._children[process] = child
         self.pid_file(process).write_text(f"{child.pid}\n")
@@ -352,7 +355,17 @@ class Cluster:
                 if register:
                     self.register_user(started=False)
                 return
-            # Whatever is left of an earlier run (crashed, half up) goes first.
+            if self.state_file.is_file():
+                try:
+                    repaired = self._repair(timeout)
+                except ClusterError:
+                    repaired = False
+                if repaired:
+                    self.started = False
+                    if register:
+                        self.register_user(started=False)
+                    return
+            # Whatever is left of an earlier run that cannot be repaired goes first.
             self._teardown()
             try:
                 self._start(nodes or node_shapes.default_nodes(), timeout)
@@ -406,7 +419,9 @@ class Cluster:
         server = f"https://127.0.0.1:{ports['apiserver']}"
         state = {"name": self.name, "ports": ports, "apiserver_url": server,
                  "service_cidr": SERVICE_CIDR, "pod_cidr": node_shapes.POD_CIDR,
-                 "nodes": [s.name for s in shapes], "started_at": time.time()}
+                 "nodes": [s.name for s in shapes],
+                 "kwok_nodes": [s.name for s in shapes if not s.real_runner],
+                 "started_at": time.time()}
         self.state_file.write_text(json.dumps(state, indent=1))
         (self.state_dir / "apiserver-url").write_text(server + "\n")
         (self.state_dir / "volumes").mkdir(exist_ok=True)
@@ -424,14 +439,12 @@ class Cluster:
             # A throwaway test store: skipping fsync makes writes cheap on slow disks.
             "--unsafe-no-fsync", "--log-level=warn",
         ])
-        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        self._wait("etcd /health", "etcd",
-                   lambda: b"true" in no_proxy.open(f"{etcd_url}/health", timeout=2).read(), 30)
+        self._await_ready("etcd", timeout)
         timings["etcd"] = time.monotonic() - t0
 
         self._spawn("kube-apiserver", self._apiserver_argv(binaries["kube-apiserver"], etcd_url,
                                                            ports["apiserver"]))
-        self._wait_apiserver_ready(timeout)
+        self._await_ready("kube-apiserver", timeout)
         timings["apiserver"] = time.monotonic() - t0
 
         kubeconfigs = self.state_dir / "kubeconfigs"
@@ -464,10 +477,8 @@ class Cluster:
             f"--node-ip={node_shapes.node_ip(253)}",
             "--node-lease-duration-seconds=40",
         ])
-        env = _child_env()
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         self._spawn("provisioner", [sys.executable, "-m", "tests.cluster.provisioner",
-                                    f"--state-dir={self.state_dir}"], env=env)
+                                    f"--state-dir={self.state_dir}"])
 
         rest = self.rest
         sc = provisioner.storage_class_manifest()
@@ -475,23 +486,8 @@ class Cluster:
         for index, shape in enumerate(shapes):
             rest.create("/api/v1/nodes", node_shapes.node_manifest(shape, index), exist_ok=True)
 
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE  # their self-signed serving certs, loopback only
-        https = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                            urllib.request.HTTPSHandler(context=insecure))
-        for process, port_key in (("kube-controller-manager", "controller_manager"),
-                                  ("kube-scheduler", "scheduler")):
-            url = f"https://127.0.0.1:{ports[port_key]}/healthz"
-            self._wait(f"{process} /healthz", process,
-                       lambda: https.open(url, timeout=2).read() == b"ok", timeout)
-        kwok_nodes = [s.name for s in shapes if not s.real_runner]
-        self._wait("simulated nodes Ready", "kwok", lambda: self._nodes_ready(kwok_nodes), timeout)
-        # The ServiceAccount admission refuses pods until kcm made the namespace's `default` SA.
-        self._wait("the default ServiceAccount", "kube-controller-manager",
-                   lambda: rest.get_or_none("/api/v1/namespaces/default/serviceaccounts/default")
-                   is not None, timeout)
-        self._wait("provisioner", "provisioner", lambda: True, 1)
+        for process in ("kube-controller-manager", "kube-scheduler", "kwok", "provisioner"):
+            self._await_ready(process, timeout)
         timings["ready"] = time.monotonic() - t0
         state["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
         self.state_file.write_text(json.dumps(state, indent=1))
@@ -517,11 +513,53 @@ class Cluster:
             "--v=1",
         ]
 
-    def _wait_apiserver_ready(self, timeout: float) -> None:
-        rest = Rest(self.apiserver_url, self.pki_dir / "ca.crt", self.pki_dir / "admin.crt",
-                    self.pki_dir / "admin.key", timeout=3)
-        self._wait("kube-apiserver /readyz", "kube-apiserver", lambda: rest.text("/readyz") == "ok",
-                   timeout)
+    def _await_ready(self, process: str, timeout: float) -> None:
+        """Wait until `process` serves: its health endpoint, or what it is for."""
+        ports = self.state()["ports"]
+        if process == "etcd":
+            plain = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            url = f"http://127.0.0.1:{ports['etcd']}/health"
+            self._wait("etcd /health", process,
+                       lambda: b"true" in plain.open(url, timeout=2).read(), timeout)
+        elif process == "kube-apiserver":
+            rest = Rest(self.apiserver_url, self.pki_dir / "ca.crt", self.pki_dir / "admin.crt",
+                        self.pki_dir / "admin.key", timeout=3)
+            self._wait("kube-apiserver /readyz", process, lambda: rest.text("/readyz") == "ok",
+                       timeout)
+        elif process in ("kube-controller-manager", "kube-scheduler"):
+            insecure = ssl.create_default_context()
+            insecure.check_hostname = False
+            insecure.verify_mode = ssl.CERT_NONE  # their self-signed serving certs, loopback only
+            https = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                                urllib.request.HTTPSHandler(context=insecure))
+            port = ports["controller_manager" if process == "kube-controller-manager" else "scheduler"]
+            url = f"https://127.0.0.1:{port}/healthz"
+            self._wait(f"{process} /healthz", process,
+                       lambda: https.open(url, timeout=2).read() == b"ok", timeout)
+            if process == "kube-controller-manager":
+                # The ServiceAccount admission refuses pods until kcm made the `default` SA.
+                self._wait("the default ServiceAccount", process, lambda: self.rest.get_or_none(
+                    "/api/v1/namespaces/default/serviceaccounts/default") is not None, timeout)
+        elif process == "kwok":
+            names = self.state().get("kwok_nodes", [])
+            self._wait("simulated nodes Ready", process, lambda: self._nodes_ready(names), timeout)
+        elif process == "provisioner":
+            self._wait("provisioner", process, lambda: True, timeout)
+
+    def _repair(self, timeout: float) -> bool:
+        """Restart the processes of a half-up cluster (one crashed, or was killed) if its
+        etcd still holds the data; False if there is nothing to repair from."""
+        if not self.state().get("ports") or self.pid("etcd") is None:
+            return False
+        for process in PROCESSES:
+            if self.pid(process) is not None:
+                continue
+            cmd = self.state_dir / "cmd" / f"{process}.json"
+            if not cmd.is_file():
+                return False
+            self._spawn(process, json.loads(cmd.read_text()))
+            self._await_ready(process, timeout)
+        return self.is_up()
 
     def _nodes_ready(self, names: list[str]) -> bool:
         items = {n["metadata"]["name"]: n for n in self.rest.get("/api/v1/nodes").get("items", [])}
@@ -601,14 +639,16 @@ class Cluster:
                           down_for: float = 0.0) -> int:
         """Stop kube-apiserver (SIGTERM with a short grace, or SIGKILL when not `graceful`),
         keep it down `down_for` seconds, start it again with the same flags and port; returns
-        the new PID once /readyz is ok. Clients see connection errors in between."""
-        argv = json.loads((self.state_dir / "cmd" / "kube-apiserver.json").read_text())
-        self._stop("kube-apiserver", None if graceful else 0)
-        if down_for > 0:
-            time.sleep(down_for)
-        pid = self._spawn("kube-apiserver", argv)
-        self._wait_apiserver_ready(timeout)
-        return pid
+        the new PID once /readyz is ok. Clients see connection errors in between. Holds the
+        cluster lock, so a concurrent `up` waits instead of "repairing" the gap."""
+        with self._lock():
+            argv = json.loads((self.state_dir / "cmd" / "kube-apiserver.json").read_text())
+            self._stop("kube-apiserver", None if graceful else 0)
+            if down_for > 0:
+                time.sleep(down_for)
+            pid = self._spawn("kube-apiserver", argv)
+            self._await_ready("kube-apiserver", timeout)
+            return pid
 
     def install_prometheus_crds(self) -> list[str]:
         return prometheus_crds.install(self.rest)

@@ -142,3 +142,21 @@ def test_kubeconfig_embeds_credentials_for_its_user():
     assert config["current-context"] == "c"
     assert config["users"][0]["user"]["client-certificate-data"] == "Q0VSVA=="
     assert config["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:1"
+
+
+def test_a_process_that_dies_while_awaited_fails_with_its_log_tail(tmp_path: Path):
+    cluster = local.Cluster(name="unit", state_dir=tmp_path / "state")
+    cluster.state_dir.mkdir()
+    cluster._spawn("etcd", ["sh", "-c", "echo 'bind: address already in use' >&2; exit 3"])
+    with pytest.raises(local.ClusterError, match="(?s)etcd exited while waiting.*address already in use"):
+        cluster._wait("etcd /health", "etcd", lambda: False, timeout=30)
+    assert cluster.pid("etcd") is None
+
+
+def test_down_refuses_to_remove_a_directory_that_is_not_a_cluster(tmp_path: Path):
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(local.ClusterError, match="refusing"):
+        local.Cluster(name="unit", state_dir=precious).down()
+    assert (precious / "notes.txt").read_text() == "keep me"

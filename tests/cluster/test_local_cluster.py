@@ -303,3 +303,22 @@ def test_up_again_is_a_no_op_and_down_leaves_nothing_behind():
     for pid in pids.values():
         assert not psutil.pid_exists(pid) or str(first.state_dir) not in " ".join(
             psutil.Process(pid).cmdline())
+
+
+def test_up_restarts_a_crashed_component_without_losing_state(private_cluster):
+    import os
+    import signal
+
+    marker = private_cluster.rest.create("/api/v1/namespaces/default/configmaps", {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "survives-repair"}})
+    old = private_cluster.pid("kube-controller-manager")
+    os.kill(old, signal.SIGKILL)
+    wait_for("kcm to die", lambda: private_cluster.pid("kube-controller-manager") is None)
+    assert not private_cluster.is_up()
+
+    again = Cluster.up(name=private_cluster.name)
+    assert not again.started
+    new = again.pid("kube-controller-manager")
+    assert new and new != old
+    kept = again.rest.get("/api/v1/namespaces/default/configmaps/survives-repair")
+    assert kept["metadata"]["uid"] == marker["metadata"]["uid"]
