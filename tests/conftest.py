@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.cluster",
     "tests.fixtures.vllm",
     "tests.fixtures.hub",
+    "tests.fixtures.operator",
 ]

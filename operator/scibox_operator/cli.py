@@ -1,0 +1,95 @@
+"""`scibox-operator`: run the operator, render manifests offline, plan parallelism."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def render_manifests(body: dict[str, Any], *, config: dict | None = None, gpu_labels: dict[str, str] | None = None,
+                     gpus_per_node: int = 8, cache_complete: bool = True) -> list[dict[str, Any]]:
+    """Everything the operator would create for `body`, without a cluster (GitOps previews)."""
+    from .render.cache import render_cache_pvc, render_download_job
+    from .render.deployment import render_deployment
+    from .render.monitoring import render_service_monitor
+    from .render.service import render_service
+    from .serving import GpuNode, decide_serving_plan
+    from .spec import parse
+
+    vd = parse(body)
+    nodes = [GpuNode("node", tuple(sorted((gpu_labels or {}).items())), gpus_per_node)] if gpu_labels else []
+    plan = decide_serving_plan(vd, config=config, safetensors_index=None, nodes=nodes,
+                               cache_shared=vd.spec.cache.access_mode == "ReadWriteMany")
+    out = [render_cache_pvc(vd, plan, [vd]), render_download_job(vd, plan, [vd])]
+    if cache_complete:
+        out.append(render_deployment(vd, plan))
+    out.append(render_service(vd))
+    if vd.spec.monitoring.service_monitor:
+        out.append(render_service_monitor(vd))
+    return [m for m in out if m is not None]
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from . import main  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace or (),
+             liveness_endpoint=args.liveness)
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from .serving import PlanFailure
+    from .spec import InvalidSpec
+
+    body = yaml.safe_load(Path(args.file).read_text())
+    body.setdefault("metadata", {}).setdefault("namespace", args.namespace)
+    body["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
+    config = json.loads(Path(args.model_config).read_text()) if args.model_config else None
+    labels = {"nvidia.com/gpu.product": args.gpu} if args.gpu else None
+    try:
+        manifests = render_manifests(body, config=config, gpu_labels=labels, gpus_per_node=args.gpus_per_node)
+    except (InvalidSpec, PlanFailure) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scibox-operator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the operator (kopf) against the current kubeconfig or in-cluster")
+    run.add_argument("--namespace", action="append", help="watch only this namespace (repeatable)")
+    run.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=_run)
+    render = sub.add_parser("render", help="print the manifests the operator would create for a VLLMDeployment")
+    render.add_argument("-f", "--file", required=True)
+    render.add_argument("-n", "--namespace", default="default")
+    render.add_argument("--model-config", help="the model's config.json (needed when parallelism is auto)")
+    render.add_argument("--gpu", help="GPU product assumed for auto parallelism, e.g. NVIDIA-H100-80GB-HBM3")
+    render.add_argument("--gpus-per-node", type=int, default=8)
+    render.set_defaults(func=_render)
+    try:
+        from .planning.cli import add_plan_parser, run_plan
+    except ImportError:  # planning CLI not available
+        pass
+    else:
+        add_plan_parser(sub)
+        sub.choices["plan"].set_defaults(func=run_plan)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

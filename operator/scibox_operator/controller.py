@@ -1,0 +1,447 @@
+"""The reconcile loop: observed state in memory, one work queue, writes only on difference.
+
+kopf delivers watch events (see main.py); they land in `Store` and mark the owning
+VLLMDeployment dirty. Workers take dirty keys from the queue and run `reconcile`: parse, plan,
+render, apply what differs, write status if it changed. Steady state therefore costs no API
+request at all: every comparison is against the watch cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from . import metrics
+from .hub import HubClient, HubError
+from .kube import KINDS, ApiError, KubeClient
+from .diff import needs_apply
+from .probe import ReadinessSummary
+from .render.cache import render_cache_pvc, render_download_job
+from .render.common import MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL
+from .render.deployment import render_deployment
+from .render.monitoring import render_service_monitor
+from .render.service import endpoint_url, render_service
+from .serving import (DEFAULT_VLLM_IMAGE, GpuNode, PlanFailure, ServingPlan, decide_serving_plan,
+                      gpu_node_from_body)
+from .spec import InvalidSpec, VLLMDeployment, parse
+from .status import CacheState, Failure, compute_status, status_differs
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+RWX_ANNOTATION = "scibox.io/access-modes"
+
+
+@dataclass
+class Settings:
+    workers: int = int(os.environ.get("SCIBOX_WORKERS", "8"))
+    resync_seconds: float = float(os.environ.get("SCIBOX_RESYNC_SECONDS", "600"))
+    vllm_image: str = DEFAULT_VLLM_IMAGE
+    hub_endpoint: str = os.environ.get("SCIBOX_HUB_ENDPOINT", "https://huggingface.co")
+    forbid_trust_remote_code: bool = os.environ.get("SCIBOX_FORBID_TRUST_REMOTE_CODE", "") in ("1", "true")
+    max_backoff: float = 300.0
+
+
+def storage_class_summary(body: Any) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    return {"metadata": {"name": meta.get("name"), "annotations": dict(meta.get("annotations") or {})}}
+
+
+def _trim(body: Any) -> dict[str, Any]:
+    """Keep what comparisons and status need; managedFields alone is often half an object."""
+    obj = copy.deepcopy(dict(body))
+    meta = dict(obj.get("metadata") or {})
+    meta.pop("managedFields", None)
+    obj["metadata"] = meta
+    return obj
+
+
+@dataclass
+class Store:
+    """The operator's view of the cluster, fed by watch events."""
+
+    vllmds: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    # kind -> (namespace, name) -> object, for the kinds the operator renders
+    children: dict[str, dict[Key, dict[str, Any]]] = field(default_factory=dict)
+    nodes: dict[str, GpuNode] = field(default_factory=dict)
+    storage_classes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pods: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    readiness: dict[Key, ReadinessSummary] = field(default_factory=dict)
+    service_monitor_crd: bool = False
+
+    def child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.children.get(kind, {}).get((namespace, name))
+
+    def put_child(self, kind: str, body: Any) -> None:
+        meta = body["metadata"]
+        self.children.setdefault(kind, {})[(meta["namespace"], meta["name"])] = _trim(body)
+
+    def drop_child(self, kind: str, namespace: str, name: str) -> None:
+        self.children.get(kind, {}).pop((namespace, name), None)
+
+    def owners_of(self, body: Any) -> list[Key]:
+        meta = body.get("metadata") or {}
+        ns = meta.get("namespace", "")
+        keys = [(ns, ref["name"]) for ref in meta.get("ownerReferences") or []
+                if ref.get("kind") == "VLLMDeployment"]
+        label = (meta.get("labels") or {}).get(OWNER_NAME_LABEL)
+        if label:
+            keys.append((ns, label))
+        cache = (meta.get("labels") or {}).get("scibox.io/model-cache")
+        if cache:  # every user of a (shared) cache claim cares about its Job
+            keys.extend(k for k, v in self.vllmds.items()
+                        if k[0] == ns and (v.get("status") or {}).get("cacheClaim") == cache)
+        return sorted(set(keys))
+
+    def gpu_nodes(self) -> list[GpuNode]:
+        return sorted(self.nodes.values(), key=lambda n: n.name)
+
+    def server_pods(self, key: Key) -> list[dict[str, Any]]:
+        ns, name = key
+        return sorted((p for (pns, _), p in self.pods.items()
+                       if pns == ns and (p["metadata"].get("labels") or {}).get(OWNER_NAME_LABEL) == name),
+                      key=lambda p: p["metadata"]["name"])
+
+
+class WorkQueue:
+    """Deduplicating queue: a key is processed by one worker at a time; a key marked dirty while
+    it is processed runs once more afterwards."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._active: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+
+    def add(self, key: Key) -> None:
+        if key in self._active:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def add_after(self, key: Key, delay: float) -> None:
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, self._fire, key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    async def get(self) -> Key:
+        key = await self._queue.get()
+        self._queued.discard(key)
+        self._active.add(key)
+        return key
+
+    def done(self, key: Key) -> None:
+        self._active.discard(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            self.add(key)
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def idle(self) -> bool:
+        return not self._queued and not self._active
+
+
+class Controller:
+    def __init__(self, client: KubeClient, settings: Settings | None = None, hub: HubClient | None = None):
+        self.client = client
+        self.settings = settings or Settings()
+        self.hub = hub or HubClient(self.settings.hub_endpoint)
+        self.store = Store()
+        self.queue = WorkQueue()
+        self.failures: dict[Key, int] = {}
+        self.active = asyncio.Event()  # set while this replica may act (leader election)
+        self.probing = False  # set by the Prober when it runs
+        self._tasks: list[asyncio.Task[None]] = []
+        self._secret_cache: dict[tuple[str, str, str], tuple[float, str | None]] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def prime(self, child_kinds: Iterable[str]) -> None:
+        """Fill the store with one LIST per kind before the first reconcile, so that no object
+        is re-applied only because its watch event had not arrived yet."""
+        selector = {"labelSelector": f"{MANAGED_BY_LABEL}={MANAGED_BY}"}
+        for kind in child_kinds:
+            try:
+                items = (await self.client.request("GET", KINDS[kind].path(), params=selector))["items"]
+            except ApiError as exc:
+                if exc.status == 404:  # e.g. no ServiceMonitor CRD
+                    continue
+                raise
+            for item in items:
+                item.setdefault("kind", kind)
+                self.store.put_child(kind, item)
+        for node in (await self.client.request("GET", KINDS["Node"].path()))["items"]:
+            gpu_node = gpu_node_from_body(node)
+            self.store.nodes[gpu_node.name] = gpu_node
+        for sc in (await self.client.request("GET", KINDS["StorageClass"].path()))["items"]:
+            self.store.storage_classes[sc["metadata"]["name"]] = storage_class_summary(sc)
+        try:
+            crd = await self.client.request(
+                "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/servicemonitors.monitoring.coreos.com")
+            self.store.service_monitor_crd = any(c.get("type") == "Established" and c.get("status") == "True"
+                                                 for c in (crd.get("status") or {}).get("conditions") or [])
+        except ApiError as exc:
+            if exc.status not in (403, 404):
+                raise
+
+    def start(self) -> None:
+        for i in range(self.settings.workers):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"scibox-worker-{i}"))
+        self._tasks.append(asyncio.create_task(self._resync(), name="scibox-resync"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.hub.close()
+
+    def enqueue(self, keys: Iterable[Key]) -> None:
+        for key in keys:
+            self.queue.add(key)
+
+    def enqueue_all(self) -> None:
+        self.enqueue(list(self.store.vllmds))
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            self.enqueue_all()
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                await self.active.wait()
+                started = time.perf_counter()
+                result = "ok"
+                try:
+                    retry_after = await self.reconcile(key)
+                except (ApiError, HubError, OSError, asyncio.TimeoutError) as exc:
+                    result = "error"
+                    retry_after = self._backoff(key)
+                    log.warning("reconcile %s/%s failed (retry in %.0fs): %s", *key, retry_after, exc)
+                except Exception:  # a bug must not stop the worker or affect other objects
+                    result = "error"
+                    retry_after = self._backoff(key)
+                    log.exception("reconcile %s/%s crashed (retry in %.0fs)", *key, retry_after)
+                else:
+                    if retry_after is None:
+                        self.failures.pop(key, None)
+                metrics.RECONCILES.labels(result=result).inc()
+                metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+                if retry_after is not None:
+                    self.queue.add_after(key, retry_after)
+            finally:
+                self.queue.done(key)
+
+    def _backoff(self, key: Key) -> float:
+        n = self.failures.get(key, 0) + 1
+        self.failures[key] = n
+        return min(self.settings.max_backoff, (2 ** min(n, 10)) * (0.75 + random.random() / 2))
+
+    # --- reconcile -------------------------------------------------------------------------------
+
+    async def reconcile(self, key: Key) -> float | None:
+        """One pass for one VLLMDeployment. Returns seconds until it must run again, or None."""
+        body = self.store.vllmds.get(key)
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None  # children carry owner references: the garbage collector removes them
+        now = datetime.now(timezone.utc)
+        current_status = body.get("status") or {}
+        try:
+            vd = parse(body)
+        except InvalidSpec as exc:
+            await self._write_status(body, compute_status(
+                _unparsed(body), current=current_status, now=now, failure=Failure("InvalidSpec", exc.message)))
+            return None
+        if vd.spec.model.trust_remote_code and self.settings.forbid_trust_remote_code:
+            await self._write_status(body, compute_status(vd, current=current_status, now=now, failure=Failure(
+                "TrustRemoteCodeForbidden", "this cluster's administrator forbids model.trustRemoteCode=true")))
+            return None
+
+        retry: float | None = None
+        config = index = None
+        par = vd.spec.parallelism
+        sizes_open = isinstance(vd.spec.resources.gpus, str) and "auto" in (par.tensor_parallel_size,
+                                                                            par.pipeline_parallel_size)
+        needs_metadata = not vd.spec.model.is_pvc and (sizes_open or vd.spec.cache.size == "auto")
+        hub_error: HubError | None = None
+        if needs_metadata:
+            try:
+                token = await self._secret_value(vd.namespace, vd.spec.cache.token_secret_ref)
+                meta = await self.hub.metadata(vd.spec.model.name, vd.spec.model.revision,
+                                               endpoint=vd.spec.cache.endpoint, token=token)
+                config, index = meta.config, meta.safetensors_index
+            except HubError as exc:
+                hub_error = exc
+        try:
+            plan = decide_serving_plan(vd, config=config, safetensors_index=index, nodes=self.store.gpu_nodes(),
+                                       cache_shared=self._cache_shared(vd), image=self.settings.vllm_image)
+        except PlanFailure as exc:
+            failure = Failure(exc.reason, exc.message)
+            if hub_error is not None and exc.reason == "ModelConfigUnavailable":
+                failure = Failure(hub_error.reason, hub_error.message)
+                retry = None if hub_error.permanent else self._backoff(key)
+            elif exc.retry:
+                retry = self._backoff(key)
+            await self._write_status(body, compute_status(vd, current=current_status, now=now, failure=failure))
+            return retry
+
+        # The model cache first: the GPU Deployment waits until the weights are on the volume.
+        owners = self._cache_users(vd, plan)
+        cache_state = CacheState(True, reason="ModelOnVolume", message=f"model read from claim {plan.cache_claim}")
+        pvc = render_cache_pvc(vd, plan, owners)
+        if pvc is not None:
+            await self._ensure(pvc)
+        job = render_download_job(vd, plan, owners)
+        if job is not None:
+            live_job = self.store.child("Job", vd.namespace, job["metadata"]["name"])
+            cache_state = CacheState.from_job(live_job)
+            if cache_state.failed and needs_apply(job, live_job):
+                # A failed download retries only when its inputs changed (token, mirror, ...):
+                # the old Job goes, and its deletion event brings the next pass that recreates it.
+                await self.client.delete("Job", vd.namespace, job["metadata"]["name"],
+                                         uid=live_job["metadata"].get("uid"))
+            elif not cache_state.complete and not cache_state.failed:
+                await self._ensure(job, replace_on_conflict=True)
+
+        deployment = render_deployment(vd, plan)
+        live_deployment = self.store.child("Deployment", vd.namespace, vd.name)
+        if cache_state.complete:
+            live_deployment = await self._ensure(deployment) or live_deployment
+        await self._ensure(render_service(vd))
+        monitor_name = vd.name
+        if self.store.service_monitor_crd and vd.spec.monitoring.service_monitor:
+            await self._ensure(render_service_monitor(vd))
+        elif self.store.child("ServiceMonitor", vd.namespace, monitor_name) is not None:
+            await self.client.delete("ServiceMonitor", vd.namespace, monitor_name)
+
+        readiness = self.store.readiness.get(key) if self.probing else None
+        status = compute_status(vd, current=current_status, now=now, plan=plan, cache=cache_state,
+                                deployment=live_deployment, readiness=readiness, endpoint=endpoint_url(vd),
+                                probing=self.probing)
+        await self._write_status(body, status)
+        return retry
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _cache_shared(self, vd: VLLMDeployment) -> bool:
+        mode = vd.spec.cache.access_mode
+        if mode != "Auto":
+            return mode == "ReadWriteMany"
+        sc_name = vd.spec.cache.storage_class_name or self._default_storage_class()
+        sc = self.store.storage_classes.get(sc_name or "")
+        modes = ((sc or {}).get("metadata", {}).get("annotations") or {}).get(RWX_ANNOTATION, "")
+        return "ReadWriteMany" in modes
+
+    def _default_storage_class(self) -> str | None:
+        for name, sc in sorted(self.store.storage_classes.items()):
+            ann = (sc.get("metadata") or {}).get("annotations") or {}
+            if ann.get("storageclass.kubernetes.io/is-default-class") == "true":
+                return name
+        return None
+
+    def _cache_users(self, vd: VLLMDeployment, plan: ServingPlan) -> list[VLLMDeployment]:
+        if not plan.cache_shared:
+            return [vd]
+        users = [vd]
+        for (ns, name), body in self.store.vllmds.items():
+            if ns != vd.namespace or name == vd.name or (body.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            try:
+                other = parse(body)
+            except InvalidSpec:
+                continue
+            if (other.spec.model.name, other.spec.model.revision) == (vd.spec.model.name, vd.spec.model.revision) \
+                    and (other.spec.cache.access_mode in ("Auto", "ReadWriteMany")) \
+                    and other.spec.cache.deletion_policy == vd.spec.cache.deletion_policy \
+                    and not other.spec.cache.existing_claim:
+                users.append(other)
+        return users
+
+    async def _ensure(self, desired: dict[str, Any], *, replace_on_conflict: bool = False) -> dict[str, Any] | None:
+        kind = desired["kind"]
+        meta = desired["metadata"]
+        live = self.store.child(kind, meta["namespace"], meta["name"])
+        if not needs_apply(desired, live):
+            return None
+        try:
+            result = await self.client.apply(desired)
+        except ApiError as exc:
+            # Job templates are immutable: a changed download Job is replaced, not patched.
+            if replace_on_conflict and exc.status == 422 and live is not None:
+                await self.client.delete(kind, meta["namespace"], meta["name"], uid=live["metadata"].get("uid"))
+                self.store.drop_child(kind, meta["namespace"], meta["name"])
+                return None
+            raise
+        metrics.APPLIES.labels(kind=kind).inc()
+        self.store.put_child(kind, result)
+        return result
+
+    async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        current = body.get("status") or {}
+        if not status_differs(current, status):
+            return
+        patch = dict(status)
+        for stale in set(current) - set(status):
+            patch[stale] = None  # merge-patch null removes what no longer applies
+        if current.get("phase") != status.get("phase"):
+            metrics.PHASE_TRANSITIONS.labels(phase=str(status.get("phase"))).inc()
+            await self._event(body, status)
+        result = await self.client.patch_status("VLLMDeployment", meta["namespace"], meta["name"], patch)
+        key = (meta["namespace"], meta["name"])
+        if key in self.store.vllmds and result:
+            self.store.vllmds[key] = _trim(result)
+
+    async def _event(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+        failed = status.get("phase") == "Failed"
+        reason = ready["reason"] if ready else str(status.get("phase"))
+        message = f"phase {status.get('phase')}: {ready['message'] if ready else ''}".strip()
+        try:
+            await self.client.create_event(body, type_="Warning" if failed else "Normal", reason=reason, message=message)
+        except ApiError as exc:  # an event is a courtesy: never fail the reconcile for it
+            log.info("event for %s not posted: %s", body["metadata"]["name"], exc)
+
+    async def _secret_value(self, namespace: str, ref: Any) -> str | None:
+        if ref is None:
+            return None
+        key = (namespace, ref.name, ref.key)
+        hit = self._secret_cache.get(key)
+        if hit and time.monotonic() - hit[0] < 60:
+            return hit[1]
+        secret = await self.client.get("Secret", namespace, ref.name)
+        value = None
+        if secret is not None:
+            import base64
+            raw = (secret.get("data") or {}).get(ref.key)
+            value = base64.b64decode(raw).decode() if raw else None
+        self._secret_cache[key] = (time.monotonic(), value)
+        return value
+
+
+def _unparsed(body: dict[str, Any]) -> VLLMDeployment:
+    """Identity of an object whose spec did not parse, so its status can still be written."""
+    from .spec import ModelSource, VLLMDeploymentSpec
+
+    meta = body.get("metadata") or {}
+    return VLLMDeployment(meta.get("name", ""), meta.get("namespace", ""), meta.get("uid", ""),
+                          int(meta.get("generation") or 0),
+                          VLLMDeploymentSpec.model_construct(model=ModelSource.model_construct(name="?")))

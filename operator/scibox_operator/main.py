@@ -1,0 +1,169 @@
+"""kopf handlers: thin. Watch events feed the controller's store and mark owners dirty.
+
+Run with `kopf run -m scibox_operator.main --all-namespaces` (or `scibox-operator run`).
+Settings come from the environment (see README: SCIBOX_*).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from . import GROUP, PLURAL, VERSION, metrics
+from .controller import Controller, Settings, _trim, storage_class_summary
+from .kube import KubeClient
+from .leader import LeaderElector
+from .prober import Prober
+from .render.common import MANAGED_BY, MANAGED_BY_LABEL, SERVER
+from .serving import gpu_node_from_body
+
+log = logging.getLogger(__name__)
+SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+
+# The kinds the operator renders and therefore watches (only objects it labelled).
+CHILD_RESOURCES = {
+    "Deployment": ("apps", "v1", "deployments"),
+    "Service": ("", "v1", "services"),
+    "Job": ("batch", "v1", "jobs"),
+    "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
+    "ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
+}
+OURS = {MANAGED_BY_LABEL: MANAGED_BY}
+
+
+def _credentials(settings: kopf.OperatorSettings) -> Any:
+    return (kopf.login_with_service_account(settings=settings)
+            or kopf.login_with_kubeconfig(settings=settings))
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> Any:
+    return _credentials(settings)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # kopf would turn handler log lines into Kubernetes Events: writes the operator does not need.
+    settings.posting.enabled = False
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    client = KubeClient(lambda: _credentials(settings), on_request=metrics.record_request)
+    controller = Controller(client, Settings())
+    memo.controller = controller
+    await controller.prime(CHILD_RESOURCES)
+    controller.start()
+    memo.prober = Prober(controller)
+    memo.prober.start()
+    port = int(os.environ.get("SCIBOX_METRICS_PORT", "8080"))
+    if port:
+        from prometheus_client import start_http_server
+        try:
+            start_http_server(port, addr=os.environ.get("SCIBOX_METRICS_ADDR", "0.0.0.0"))
+        except OSError as exc:  # metrics are not worth a crash loop
+            log.error("metrics endpoint on port %s not started: %s", port, exc)
+    lease = os.environ.get("SCIBOX_LEADER_ELECTION_NAMESPACE")
+    if lease:
+        memo.elector = LeaderElector(client, namespace=lease, on_change=lambda leading: (
+            controller.active.set() if leading else controller.active.clear()))
+        memo.elector.start()
+    else:
+        controller.active.set()
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if getattr(memo, "elector", None):
+        await memo.elector.stop()
+    await memo.prober.stop()
+    await memo.controller.stop()
+    await memo.controller.client.close()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def vllmdeployment_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller = memo.controller
+    key = (body.metadata.namespace, body.metadata.name)
+    if event["type"] == "DELETED":
+        controller.store.vllmds.pop(key, None)
+        controller.store.readiness.pop(key, None)
+        return
+    known = controller.store.vllmds.get(key)
+    if known is not None and known["metadata"].get("resourceVersion") == body.metadata.get("resourceVersion"):
+        return  # our own status write coming back: already in the store
+    controller.store.vllmds[key] = _trim(body)
+    controller.enqueue([key])
+
+
+def _child_handler(kind: str):
+    def handler(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        controller: Controller = memo.controller
+        if event["type"] == "DELETED":
+            controller.store.drop_child(kind, body.metadata.namespace, body.metadata.name)
+        else:
+            known = controller.store.child(kind, body.metadata.namespace, body.metadata.name)
+            if known is not None and known["metadata"].get("resourceVersion") == body.metadata.get("resourceVersion"):
+                return  # the result of our own apply, already stored
+            controller.store.put_child(kind, body)
+        controller.enqueue(controller.store.owners_of(body))
+    handler.__name__ = f"{kind.lower()}_event"
+    return handler
+
+
+for _kind, (_group, _version, _plural) in CHILD_RESOURCES.items():
+    kopf.on.event(_group, _version, _plural, labels=OURS, id=f"{_kind.lower()}-event")(_child_handler(_kind))
+
+
+@kopf.on.event("", "v1", "pods", labels={**OURS, "app.kubernetes.io/component": SERVER})
+def server_pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller = memo.controller
+    key = (body.metadata.namespace, body.metadata.name)
+    if event["type"] == "DELETED":
+        controller.store.pods.pop(key, None)
+    else:
+        status = body.get("status") or {}
+        # Only what the prober needs: address, readiness and container start times.
+        controller.store.pods[key] = {
+            "metadata": {"name": body.metadata.name, "namespace": body.metadata.namespace,
+                         "uid": body.metadata.uid, "labels": dict(body.metadata.labels)},
+            "status": {"phase": status.get("phase"), "podIP": status.get("podIP"),
+                       "conditions": list(status.get("conditions") or []),
+                       "containerStatuses": list(status.get("containerStatuses") or [])},
+        }
+
+
+@kopf.on.event("", "v1", "nodes")
+def node_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller = memo.controller
+    name = body.metadata.name
+    before = controller.store.nodes.get(name)
+    if event["type"] == "DELETED":
+        controller.store.nodes.pop(name, None)
+    else:
+        controller.store.nodes[name] = gpu_node_from_body(body)
+    if controller.store.nodes.get(name) != before:
+        controller.enqueue_all()  # the GPU inventory changed: auto plans may change
+
+
+@kopf.on.event("storage.k8s.io", "v1", "storageclasses")
+def storage_class_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller = memo.controller
+    if event["type"] == "DELETED":
+        controller.store.storage_classes.pop(body.metadata.name, None)
+    else:
+        controller.store.storage_classes[body.metadata.name] = storage_class_summary(body)
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions",
+               when=lambda body, **_: body.get("metadata", {}).get("name") == SERVICE_MONITOR_CRD)
+def service_monitor_crd_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller = memo.controller
+    established = event["type"] != "DELETED" and any(
+        c.get("type") == "Established" and c.get("status") == "True"
+        for c in (body.get("status") or {}).get("conditions") or [])
+    if established != controller.store.service_monitor_crd:
+        controller.store.service_monitor_crd = established
+        controller.enqueue_all()

@@ -1,0 +1,124 @@
+"""Probe every server pod's vLLM endpoint periodically; results feed the Ready condition.
+
+The prober never writes to the API: it stores a readiness summary per VLLMDeployment and marks
+it dirty only when the summary changed, so the reconcile writes status only on change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import aiohttp
+
+from . import metrics
+from .controller import Controller, Key
+from .probe import ProbeReason, ProbeResult, probe_endpoint, summarize_readiness
+from .render.deployment import CONTAINER_PORT
+from .spec import InvalidSpec, parse
+
+log = logging.getLogger(__name__)
+
+
+def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    raw = os.environ.get("SCIBOX_PROBE_ALLOWED_CIDRS", "")
+    return [ipaddress.ip_network(part.strip()) for part in raw.split(",") if part.strip()]
+
+
+class Prober:
+    """Settings (environment): SCIBOX_PROBE=pod-ip (default) probes each pod IP on the container
+    port; SCIBOX_PROBE=off trusts the pods' own readiness; SCIBOX_PROBE_PERIOD seconds between
+    rounds; SCIBOX_PROBE_ALLOWED_CIDRS limits which addresses may ever be probed (tests set
+    127.0.0.0/8)."""
+
+    def __init__(self, controller: Controller):
+        self.controller = controller
+        self.mode = os.environ.get("SCIBOX_PROBE", "pod-ip")
+        self.period = float(os.environ.get("SCIBOX_PROBE_PERIOD", "10"))
+        self.timeout = float(os.environ.get("SCIBOX_PROBE_TIMEOUT", "5"))
+        self.concurrency = int(os.environ.get("SCIBOX_PROBE_CONCURRENCY", "64"))
+        self.allowed = _allowed_networks()
+        self._completion_checked: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        controller.probing = self.mode != "off"
+
+    def start(self) -> None:
+        if self.mode != "off":
+            self._task = asyncio.create_task(self._loop(), name="scibox-prober")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _loop(self) -> None:
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.concurrency))
+        sem = asyncio.Semaphore(self.concurrency)
+        while True:
+            await self.controller.active.wait()
+            started = time.monotonic()
+            keys = sorted(self.controller.store.vllmds)
+            await asyncio.gather(*(self._probe_one(key, sem) for key in keys), return_exceptions=True)
+            await asyncio.sleep(max(0.0, self.period - (time.monotonic() - started)))
+
+    def _address_allowed(self, ip: str) -> bool:
+        if not self.allowed:
+            return True
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.allowed)
+
+    async def _probe_one(self, key: Key, sem: asyncio.Semaphore) -> None:
+        store = self.controller.store
+        body = store.vllmds.get(key)
+        if body is None:
+            return
+        try:
+            vd = parse(body)
+        except InvalidSpec:
+            return
+        pods = [p for p in store.server_pods(key) if p["status"].get("podIP") and p["status"].get("phase") == "Running"]
+        api_key = None
+        if vd.spec.auth.api_key_secret_ref is not None:
+            try:
+                api_key = await self.controller._secret_value(vd.namespace, vd.spec.auth.api_key_secret_ref)
+            except Exception as exc:  # the probe then reports Unauthorized, which says it all
+                log.info("API key of %s/%s unreadable: %s", *key, exc)
+        results: list[ProbeResult] = []
+        for pod in pods:
+            ip = pod["status"]["podIP"]
+            if not self._address_allowed(ip):
+                continue
+            uid = pod["metadata"]["uid"]
+            async with sem:
+                result = await probe_endpoint(
+                    self._session, f"http://{ip}:{CONTAINER_PORT}", vd.spec.model.served_name,
+                    api_key=api_key, completion=uid not in self._completion_checked,
+                    timeout=self.timeout, starting=not _ever_ready(pod))
+            metrics.PROBES.labels(reason=result.reason.value).inc()
+            metrics.PROBE_SECONDS.observe(result.latency_s)
+            if result.reason is ProbeReason.SERVING:
+                self._completion_checked.add(uid)
+            results.append(result)
+        summary = summarize_readiness(results, vd.spec.replicas)
+        if store.readiness.get(key) != summary:
+            store.readiness[key] = summary
+            self.controller.enqueue([key])
+
+
+def _ever_ready(pod: dict[str, Any]) -> bool:
+    """A pod that never passed its readiness probe is still loading its model."""
+    for cond in pod["status"].get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("status") == "True":
+            return True
+    return False

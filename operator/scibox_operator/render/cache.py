@@ -1,0 +1,145 @@
+"""The model-cache PersistentVolumeClaim and the Job that fills it once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..serving import MODELS_MOUNT, ServingPlan, model_dir
+from ..spec import VLLMDeployment
+from .common import CACHE, DOWNLOAD, labels
+
+DOWNLOAD_SCRIPT = "/opt/scibox/download_model.sh"
+# Exit codes of download_model.sh that no retry can fix (model not found, not authorized):
+# the Job fails at once instead of burning its back-off budget.
+PERMANENT_EXIT_CODES = (3, 4)
+DOWNLOAD_BACKOFF_LIMIT = 4
+
+
+def _owner_refs(owners: list[VLLMDeployment]) -> list[dict[str, Any]]:
+    """A shared claim is owned by every VLLMDeployment using it (none is *the* controller), so
+    the garbage collector removes it only when the last one is gone."""
+    refs = []
+    for vd in sorted(owners, key=lambda o: o.uid):
+        ref = dict(vd.owner_reference)
+        ref["controller"] = False
+        refs.append(ref)
+    return refs
+
+
+def _cache_metadata(vd: VLLMDeployment, name: str, component: str, owners: list[VLLMDeployment],
+                    own: bool) -> dict[str, Any]:
+    meta_labels = labels(vd, component)
+    # A shared claim serves several VLLMDeployments: label it by model, not by one of them.
+    meta_labels.pop("scibox.io/vllmdeployment")
+    meta_labels["app.kubernetes.io/instance"] = name
+    meta_labels["scibox.io/model-cache"] = name
+    meta: dict[str, Any] = {"name": name, "namespace": vd.namespace, "labels": meta_labels,
+                            "annotations": {"scibox.io/model": vd.spec.model.name,
+                                            "scibox.io/revision": vd.spec.model.revision}}
+    if own:
+        meta["ownerReferences"] = _owner_refs(owners)
+    return meta
+
+
+def render_cache_pvc(vd: VLLMDeployment, plan: ServingPlan,
+                     owners: list[VLLMDeployment]) -> dict[str, Any] | None:
+    """None when the claim is the user's (existingClaim or pvc://): the operator never owns it."""
+    cache = vd.spec.cache
+    if vd.spec.model.is_pvc or cache.existing_claim:
+        return None
+    own = cache.deletion_policy == "Delete"
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteMany" if plan.cache_shared else
+                        ("ReadWriteOncePod" if cache.access_mode == "ReadWriteOncePod" else "ReadWriteOnce")],
+        "resources": {"requests": {"storage": plan.cache_size}},
+        "volumeMode": "Filesystem",
+    }
+    if cache.storage_class_name:
+        spec["storageClassName"] = cache.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _cache_metadata(vd, plan.cache_claim, CACHE, owners, own),
+        "spec": spec,
+    }
+
+
+def download_job_name(plan: ServingPlan) -> str:
+    return plan.cache_claim[: 63 - len("-download")].rstrip("-") + "-download"
+
+
+def render_download_job(vd: VLLMDeployment, plan: ServingPlan,
+                        owners: list[VLLMDeployment]) -> dict[str, Any] | None:
+    """None for pvc:// models: they are already on a volume and need no download."""
+    if vd.spec.model.is_pvc:
+        return None
+    model = vd.spec.model
+    cache = vd.spec.cache
+    env: list[dict[str, Any]] = [
+        {"name": "MODEL_ID", "value": model.name},
+        {"name": "MODEL_REVISION", "value": model.revision},
+        {"name": "MODEL_DIR", "value": model_dir(vd)},
+        {"name": "CACHE_DIR", "value": MODELS_MOUNT},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+        {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+    ]
+    if cache.endpoint:
+        env.append({"name": "HF_ENDPOINT", "value": cache.endpoint})
+    if cache.token_secret_ref:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": cache.token_secret_ref.name, "key": cache.token_secret_ref.key}}})
+    name = download_job_name(plan)
+    meta = _cache_metadata(vd, name, DOWNLOAD, owners, own=True)
+    meta["labels"]["scibox.io/model-cache"] = plan.cache_claim
+    pod_labels = dict(meta["labels"])
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": DOWNLOAD_BACKOFF_LIMIT,
+            "activeDeadlineSeconds": 6 * 3600,
+            "podFailurePolicy": {"rules": [{
+                "action": "FailJob",
+                "onExitCodes": {"containerName": "download", "operator": "In",
+                                "values": list(PERMANENT_EXIT_CODES)},
+            }]},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [{
+                        "name": "download",
+                        "image": cache.download_image or plan.image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": [DOWNLOAD_SCRIPT],
+                        "env": env,
+                        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                      "limits": {"memory": "4Gi"}},
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]},
+                            "readOnlyRootFilesystem": True,
+                            "runAsNonRoot": True,
+                        },
+                        "volumeMounts": [
+                            {"name": "model-cache", "mountPath": MODELS_MOUNT},
+                            {"name": "tmp", "mountPath": "/tmp"},
+                        ],
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
+                    }],
+                    "volumes": [
+                        {"name": "model-cache", "persistentVolumeClaim": {"claimName": plan.cache_claim}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+        },
+    }

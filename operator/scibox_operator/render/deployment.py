@@ -1,0 +1,189 @@
+"""The GPU Deployment running vLLM's OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ..engine_args import EngineSettings, render_vllm_args
+from ..serving import MODELS_MOUNT, ServingPlan, model_dir
+from ..spec import VLLMDeployment
+from .common import SERVER, metadata, selector_labels
+
+CONTAINER_PORT = 8000
+PROBE_PERIOD_SECONDS = 10
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+# Writable places under a read-only root filesystem: vLLM, torch and triton write caches below
+# HOME, and NCCL/torch need a large shared-memory /dev/shm for tensor parallel workers.
+WRITABLE_HOME = "/tmp"
+
+
+def engine_settings(vd: VLLMDeployment, plan: ServingPlan) -> EngineSettings:
+    spec = vd.spec
+    engine = spec.engine
+    return EngineSettings(
+        model=model_dir(vd),
+        served_model_name=spec.model.served_name,
+        host="0.0.0.0",
+        port=CONTAINER_PORT,
+        tensor_parallel_size=plan.tensor_parallel_size,
+        pipeline_parallel_size=plan.pipeline_parallel_size,
+        max_model_len=spec.model.max_model_len,
+        gpu_memory_utilization=engine.gpu_memory_utilization,
+        max_num_batched_tokens=engine.max_num_batched_tokens,
+        max_num_seqs=engine.max_num_seqs,
+        enable_prefix_caching=engine.enable_prefix_caching,
+        enable_chunked_prefill=engine.enable_chunked_prefill,
+        trust_remote_code=spec.model.trust_remote_code,
+        dtype=spec.model.dtype,
+        quantization=spec.model.quantization,
+        tokenizer=spec.model.tokenizer,
+        extra_args=tuple(engine.extra_args),
+    )
+
+
+def server_env(vd: VLLMDeployment) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": WRITABLE_HOME},
+        # The weights come from the cache volume only; a server must never reach for the hub.
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "HF_HOME", "value": f"{WRITABLE_HOME}/hf"},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "DO_NOT_TRACK", "value": "1"},
+    ]
+    ref = vd.spec.auth.api_key_secret_ref
+    if ref is not None:
+        # Through the environment only: arguments show up in `ps`, logs and the pod spec.
+        env.append({"name": "VLLM_API_KEY",
+                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    env.extend({"name": e.name, "value": e.value} for e in vd.spec.engine.env)
+    return env
+
+
+def _node_affinity(vd: VLLMDeployment) -> dict[str, Any] | None:
+    user = copy.deepcopy(vd.spec.affinity) if vd.spec.affinity else {}
+    min_mem = vd.spec.resources.min_gpu_memory_mi_b
+    if min_mem is None:
+        return user or None
+    # Gt compares integers: label > min-1  <=>  label >= min.
+    expr = {"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(min_mem - 1)]}
+    node_aff = user.setdefault("nodeAffinity", {})
+    required = node_aff.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.setdefault("nodeSelectorTerms", [])
+    if not terms:
+        terms.append({"matchExpressions": []})
+    for term in terms:  # terms are ORed, so the GPU memory rule must be in each of them
+        term.setdefault("matchExpressions", []).append(expr)
+    return user
+
+
+def _resources(vd: VLLMDeployment, plan: ServingPlan) -> dict[str, Any]:
+    limits: dict[str, Any] = {GPU_RESOURCE: str(plan.gpus_per_replica)}
+    requests: dict[str, Any] = {}
+    res = vd.spec.resources
+    for key, value in (("cpu", res.cpu), ("memory", res.memory)):
+        if value is not None:
+            limits[key] = str(value)
+            requests[key] = str(value)
+    out: dict[str, Any] = {"limits": limits}
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def render_deployment(vd: VLLMDeployment, plan: ServingPlan) -> dict[str, Any]:
+    spec = vd.spec
+    startup_failures = max(1, -(-spec.rollout.startup_timeout_seconds // PROBE_PERIOD_SECONDS))
+    container = {
+        "name": "vllm",
+        "image": plan.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "args": render_vllm_args(engine_settings(vd, plan)),
+        "env": server_env(vd),
+        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        "resources": _resources(vd, plan),
+        "startupProbe": _probe("/health", PROBE_PERIOD_SECONDS, startup_failures),
+        "readinessProbe": _probe("/health", PROBE_PERIOD_SECONDS, 3),
+        "livenessProbe": _probe("/health", 15, 4),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": MODELS_MOUNT, "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": WRITABLE_HOME},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": 60,
+        "containers": [container],
+        "volumes": [
+            {"name": "model-cache",
+             "persistentVolumeClaim": {"claimName": plan.cache_claim, "readOnly": True}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+        "tolerations": [
+            {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+            *copy.deepcopy(list(spec.tolerations)),
+        ],
+    }
+    node_selector = dict(sorted(spec.node_selector.items()))
+    if spec.resources.gpu_product:
+        node_selector[GPU_PRODUCT_LABEL] = spec.resources.gpu_product
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    affinity = _node_affinity(vd)
+    if affinity:
+        pod_spec["affinity"] = affinity
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+
+    if spec.rollout.strategy == "Recreate":
+        strategy: dict[str, Any] = {"type": "Recreate"}
+    else:
+        strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+    selector = selector_labels(vd, SERVER)
+    meta = metadata(vd, vd.name, SERVER)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": spec.replicas,
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": spec.rollout.startup_timeout_seconds + 600,
+            "strategy": strategy,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": dict(meta["labels"])},
+                "spec": pod_spec,
+            },
+        },
+    }

@@ -1,0 +1,202 @@
+"""What one VLLMDeployment needs, decided from its spec and what the operator observed.
+
+`ServingPlan` is the single input (besides the spec) of every renderer, so rendering stays pure
+and the same observations always give byte-identical manifests.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from .spec import VLLMDeployment, dns_name, short_hash
+
+MODELS_MOUNT = "/models"
+DEFAULT_VLLM_IMAGE = os.environ.get("SCIBOX_VLLM_IMAGE", "vllm/vllm-openai:v0.11.0")
+DEFAULT_CACHE_SIZE = "100Gi"
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    gpus_per_replica: int
+    parallelism_reason: str
+    cache_claim: str  # the claim the server mounts
+    cache_shared: bool  # one claim for every VLLMDeployment of this model+revision in the namespace
+    cache_size: str
+    image: str
+
+    @property
+    def multi_node(self) -> bool:
+        return False
+
+
+def model_cache_key(vd: VLLMDeployment) -> str:
+    return short_hash(vd.spec.model.name, vd.spec.model.revision)
+
+
+def cache_claim_name(vd: VLLMDeployment, shared: bool) -> str:
+    model = vd.spec.model
+    if model.is_pvc:
+        return model.pvc_claim_and_path[0]
+    if vd.spec.cache.existing_claim:
+        return vd.spec.cache.existing_claim
+    key = model_cache_key(vd)
+    if shared:
+        return dns_name("model-cache", suffix=f"-{key}")
+    return dns_name(vd.name, suffix=f"-cache-{key}")
+
+
+def model_dir(vd: VLLMDeployment) -> str:
+    """Where the weights are inside the server container: one folder per model and revision, so
+    a claim can hold several revisions and a shared claim several deployments' models."""
+    model = vd.spec.model
+    if model.is_pvc:
+        _, path = model.pvc_claim_and_path
+        return f"{MODELS_MOUNT}/{path}".rstrip("/")
+    revision = model.revision.replace("/", "--")
+    return f"{MODELS_MOUNT}/{model.name}/{revision}"
+
+
+def auto_cache_size(weight_bytes: int | None) -> str:
+    """Weights plus 10% and 2 GiB for tokenizer, configs and partial downloads, in whole GiB."""
+    if not weight_bytes:
+        return DEFAULT_CACHE_SIZE
+    return f"{math.ceil((weight_bytes * 1.1 + 2 * GIB) / GIB)}Gi"
+
+
+@dataclass(frozen=True)
+class GpuNode:
+    """What the planner needs of one node, read from GPU Feature Discovery's labels."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    gpus: int  # allocatable nvidia.com/gpu
+
+    @property
+    def product(self) -> str | None:
+        return dict(self.labels).get("nvidia.com/gpu.product")
+
+    @property
+    def memory_mib(self) -> int | None:
+        value = dict(self.labels).get("nvidia.com/gpu.memory")
+        return int(value) if value and value.isdigit() else None
+
+
+def gpu_node_from_body(body: dict) -> GpuNode:
+    meta = body.get("metadata") or {}
+    allocatable = (body.get("status") or {}).get("allocatable") or {}
+    try:
+        gpus = int(str(allocatable.get("nvidia.com/gpu", "0")))
+    except ValueError:
+        gpus = 0
+    labels = tuple(sorted((k, v) for k, v in (meta.get("labels") or {}).items()
+                          if k.startswith("nvidia.com/") or k == "kubernetes.io/hostname"))
+    return GpuNode(meta.get("name", ""), labels, gpus)
+
+
+class PlanFailure(Exception):
+    def __init__(self, reason: str, message: str, *, retry: bool = False):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retry = retry
+
+
+def matching_gpu_nodes(vd: VLLMDeployment, nodes: list[GpuNode]) -> list[GpuNode]:
+    res = vd.spec.resources
+    out = []
+    for node in nodes:
+        if node.gpus <= 0:
+            continue
+        if res.gpu_product and node.product != res.gpu_product:
+            continue
+        if res.min_gpu_memory_mi_b and (node.memory_mib or 0) < res.min_gpu_memory_mi_b:
+            continue
+        labels = dict(node.labels)
+        if any(labels.get(k) != v for k, v in vd.spec.node_selector.items()):
+            continue
+        out.append(node)
+    return sorted(out, key=lambda n: n.name)
+
+
+def decide_serving_plan(vd: VLLMDeployment, *, config: dict | None, safetensors_index: dict | None,
+                        nodes: list[GpuNode], cache_shared: bool, image: str = DEFAULT_VLLM_IMAGE) -> ServingPlan:
+    """Parallelism and cache sizing for one VLLMDeployment, or PlanFailure with a reason."""
+    from . import planning  # imported lazily: planning is pure but large
+
+    spec = vd.spec
+    tp_in, pp_in = spec.parallelism.tensor_parallel_size, spec.parallelism.pipeline_parallel_size
+    gpus_in = spec.resources.gpus
+    tp = tp_in if isinstance(tp_in, int) else None
+    pp = pp_in if isinstance(pp_in, int) else None
+    if isinstance(gpus_in, int) and tp is None and pp is None:
+        tp, pp = gpus_in, 1  # a GPU count alone means one tensor-parallel group
+
+    facts = None
+    if config is not None:
+        try:
+            facts = planning.model_facts_from_config(config, safetensors_index)
+        except planning.PlanError as exc:
+            if tp is None or pp is None:
+                raise PlanFailure(exc.reason, exc.message) from None
+
+    weight_bytes = facts.weight_bytes if facts is not None else None
+    cache_size = spec.cache.size if spec.cache.size != "auto" else auto_cache_size(weight_bytes)
+    claim = cache_claim_name(vd, cache_shared)
+    image = spec.image or image
+
+    candidates = matching_gpu_nodes(vd, nodes)
+    gpu = _gpu_type(vd, candidates) if (facts is not None or tp is None or pp is None) else None
+    gpus_per_node = max((n.gpus for n in candidates), default=0)
+    if tp is not None and pp is not None and (facts is None or gpu is None):
+        reason = f"set in the spec: tensor {tp} x pipeline {pp}"
+        if facts is None and (tp_in == "auto" or pp_in == "auto"):
+            reason = f"resources.gpus={gpus_in}: tensor {tp} x pipeline {pp}"
+        return ServingPlan(tp, pp, tp * pp, reason, claim, cache_shared, cache_size, image)
+    if facts is None:
+        raise PlanFailure("ModelConfigUnavailable",
+                          "parallelism is auto but the model's config.json could not be read; "
+                          "set parallelism.tensorParallelSize and pipelineParallelSize", retry=True)
+    if gpu is None:
+        raise PlanFailure("NoGpuNodes",
+                          "parallelism is auto but no node with nvidia.com/gpu matches the GPU selector; "
+                          "set resources.gpuProduct to a known GPU or set the parallel sizes")
+    try:
+        plan = planning.plan_parallelism(
+            facts, gpu, max(gpus_per_node, 1),
+            dtype=spec.model.dtype, quantization=spec.model.quantization,
+            max_model_len=spec.model.max_model_len,
+            gpu_memory_utilization=spec.engine.gpu_memory_utilization,
+            tensor_parallel_size=tp, pipeline_parallel_size=pp,
+        )
+    except planning.PlanError as exc:
+        raise PlanFailure(exc.reason, exc.message) from None
+    if isinstance(gpus_in, int) and gpus_in != plan.gpus:
+        raise PlanFailure("GpuCountMismatch",
+                          f"resources.gpus={gpus_in} but the plan needs {plan.gpus} "
+                          f"(tensor {plan.tensor_parallel_size} x pipeline {plan.pipeline_parallel_size})")
+    return ServingPlan(plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.gpus, plan.reason,
+                       claim, cache_shared, cache_size, image)
+
+
+def _gpu_type(vd: VLLMDeployment, candidates: list[GpuNode]):
+    """The GPU the plan assumes: the one the spec asks for, else the most common GPU among
+    matching nodes (ties broken by product name, so the choice is deterministic)."""
+    from . import planning
+
+    if vd.spec.resources.gpu_product:
+        try:
+            return planning.lookup_gpu(vd.spec.resources.gpu_product)
+        except planning.PlanError:
+            pass
+    if not candidates:
+        return None
+    by_product: dict[str, int] = {}
+    for node in candidates:
+        by_product[node.product or ""] = by_product.get(node.product or "", 0) + 1
+    product = sorted(by_product.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+    return planning.gpu_from_node_labels(dict(next(n for n in candidates if (n.product or "") == product).labels))

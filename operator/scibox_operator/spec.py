@@ -1,0 +1,239 @@
+"""The one typed model of a VLLMDeployment, parsed once at the edge.
+
+The API server already defaulted and validated the object against the CRD schema; this model
+repeats the defaults (so objects from older schemas or unit tests parse the same) and adds the
+checks that need code, so the rest of the operator never digs in dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .engine_args import validate_env, validate_extra_args
+
+Auto = Literal["auto"]
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+class _Model(BaseModel):
+    # Unknown fields are rejected: the CRD schema prunes them, so one here means a schema drift.
+    model_config = ConfigDict(alias_generator=_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class SecretKeyRef(_Model):
+    name: str = Field(min_length=1, max_length=253)
+    key: str = "token"
+
+
+class ApiKeySecretRef(SecretKeyRef):
+    key: str = "api-key"
+
+
+class ModelSource(_Model):
+    name: str = Field(min_length=1, max_length=253)
+    revision: str = "main"
+    served_model_name: str | None = None
+    trust_remote_code: bool = False
+    dtype: str = "auto"
+    quantization: str | None = None
+    max_model_len: int | None = Field(default=None, ge=16)
+    tokenizer: str | None = None
+
+    @property
+    def is_pvc(self) -> bool:
+        return self.name.startswith("pvc://")
+
+    @property
+    def pvc_claim_and_path(self) -> tuple[str, str]:
+        claim, _, path = self.name.removeprefix("pvc://").partition("/")
+        return claim, path.strip("/")
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or self.name.removeprefix("pvc://")
+
+
+class Resources(_Model):
+    gpus: int | Auto = "auto"
+    gpu_product: str | None = None
+    min_gpu_memory_mi_b: int | None = Field(default=None, alias="minGpuMemoryMiB", ge=1)
+    cpu: str | int | None = None
+    memory: str | int | None = None
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus_range(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 64:
+            raise ValueError("gpus must be from 1 to 64 or auto")
+        return v
+
+
+class Parallelism(_Model):
+    tensor_parallel_size: int | Auto = "auto"
+    pipeline_parallel_size: int | Auto = "auto"
+
+    @field_validator("tensor_parallel_size", "pipeline_parallel_size")
+    @classmethod
+    def _size_range(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 64:
+            raise ValueError("parallel sizes must be from 1 to 64 or auto")
+        return v
+
+
+class EnvVar(_Model):
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    value: str = ""
+
+
+class Engine(_Model):
+    gpu_memory_utilization: float = Field(default=0.9, ge=0.05, le=0.99)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    enable_prefix_caching: bool | None = None
+    enable_chunked_prefill: bool | None = None
+    extra_args: tuple[str, ...] = ()
+    env: tuple[EnvVar, ...] = ()
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_owned_flags(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        errors = validate_extra_args(list(v))
+        if errors:
+            raise ValueError("; ".join(errors))
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _no_owned_env(cls, v: tuple[EnvVar, ...]) -> tuple[EnvVar, ...]:
+        errors = validate_env({e.name: e.value for e in v})
+        if errors:
+            raise ValueError("; ".join(errors))
+        if len({e.name for e in v}) != len(v):
+            raise ValueError("env names must be unique")
+        return v
+
+
+class Cache(_Model):
+    storage_class_name: str | None = None
+    size: str = "auto"
+    access_mode: Literal["Auto", "ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = "Auto"
+    existing_claim: str | None = None
+    deletion_policy: Literal["Retain", "Delete"] = "Retain"
+    download_image: str | None = None
+    token_secret_ref: SecretKeyRef | None = None
+    endpoint: str | None = Field(default=None, pattern=r"^https?://\S+$")
+
+
+class ServiceSpec(_Model):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class Auth(_Model):
+    api_key_secret_ref: ApiKeySecretRef | None = None
+
+
+class Monitoring(_Model):
+    service_monitor: bool = True
+    interval: str = Field(default="30s", pattern=r"^[0-9]+(ms|s|m|h)$")
+
+
+class Rollout(_Model):
+    strategy: Literal["Recreate", "RollingUpdate"] = "Recreate"
+    startup_timeout_seconds: int = Field(default=1800, ge=60, le=86400)
+
+
+class VLLMDeploymentSpec(_Model):
+    model: ModelSource
+    image: str | None = None
+    replicas: int = Field(default=1, ge=0, le=128)
+    resources: Resources = Resources()
+    node_selector: dict[str, str] = {}
+    tolerations: tuple[dict[str, Any], ...] = ()
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = None
+    parallelism: Parallelism = Parallelism()
+    engine: Engine = Engine()
+    cache: Cache = Cache()
+    service: ServiceSpec = ServiceSpec()
+    auth: Auth = Auth()
+    monitoring: Monitoring = Monitoring()
+    rollout: Rollout = Rollout()
+
+
+@dataclass(frozen=True)
+class VLLMDeployment:
+    """The parts of the custom resource the renderers need: identity plus the parsed spec."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    spec: VLLMDeploymentSpec
+
+    @property
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "scibox.io/v1alpha1",
+            "kind": "VLLMDeployment",
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+class InvalidSpec(Exception):
+    """The spec cannot be served as written; `message` tells the user which field and why."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def parse(body: Mapping[str, Any]) -> VLLMDeployment:
+    """Parse a VLLMDeployment object (as read from the API) or raise InvalidSpec."""
+    meta = body.get("metadata") or {}
+    try:
+        spec = VLLMDeploymentSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        raise InvalidSpec(_describe(exc)) from None
+    return VLLMDeployment(
+        name=meta.get("name", ""),
+        namespace=meta.get("namespace", ""),
+        uid=meta.get("uid", ""),
+        generation=int(meta.get("generation") or 0),
+        spec=spec,
+    )
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = "spec." + ".".join(str(p) for p in err["loc"]) if err["loc"] else "spec"
+        parts.append(f"{where}: {err['msg']}")
+    more = len(exc.errors()) - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+_DNS_UNSAFE = re.compile(r"[^a-z0-9-]+")
+
+
+def short_hash(*parts: str, length: int = 10) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:length]
+
+
+def dns_name(prefix: str, *, suffix: str = "", max_len: int = 63) -> str:
+    """A DNS-1123 label built from free text, stable for the same input."""
+    base = _DNS_UNSAFE.sub("-", prefix.lower()).strip("-") or "x"
+    room = max_len - len(suffix)
+    return (base[:room].rstrip("-") or "x") + suffix

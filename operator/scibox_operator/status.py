@@ -1,0 +1,138 @@
+"""Compute a VLLMDeployment's status from what the operator observed (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .probe import ReadinessSummary, make_condition, summarize_readiness
+from .serving import ServingPlan
+from .spec import VLLMDeployment
+
+
+@dataclass(frozen=True)
+class CacheState:
+    complete: bool
+    failed: bool = False
+    active: bool = False
+    reason: str = ""
+    message: str = ""
+
+    @classmethod
+    def from_job(cls, job: dict[str, Any] | None) -> "CacheState":
+        if job is None:
+            return cls(False, reason="DownloadPending", message="the download Job is being created")
+        status = job.get("status") or {}
+        for cond in status.get("conditions") or []:
+            if cond.get("status") != "True":
+                continue
+            if cond.get("type") == "Complete":
+                return cls(True, reason="Downloaded", message="model downloaded into the cache")
+            if cond.get("type") == "Failed":
+                why = cond.get("message") or cond.get("reason") or "the download Job failed"
+                return cls(False, failed=True, reason="DownloadFailed",
+                           message=f"download Job {job['metadata']['name']} failed: {why}")
+        return cls(False, active=True, reason="Downloading",
+                   message=f"download Job {job['metadata']['name']} running "
+                           f"({status.get('failed', 0)} failed attempts so far)")
+
+
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+    message: str
+
+
+def _replicas(deployment: dict[str, Any] | None) -> tuple[int, int]:
+    status = (deployment or {}).get("status") or {}
+    return int(status.get("replicas") or 0), int(status.get("readyReplicas") or 0)
+
+
+def compute_status(vd: VLLMDeployment, *, current: dict[str, Any] | None, now: datetime,
+                   plan: ServingPlan | None = None, failure: Failure | None = None,
+                   cache: CacheState | None = None, deployment: dict[str, Any] | None = None,
+                   readiness: ReadinessSummary | None = None, endpoint: str | None = None,
+                   probing: bool = False) -> dict[str, Any]:
+    current = current or {}
+    previous = {c.get("type"): c for c in current.get("conditions") or []}
+    gen = vd.generation
+
+    def cond(type_: str, status: str, reason: str, message: str) -> dict[str, Any]:
+        return make_condition(type_, status, reason, message, now=now, previous=previous.get(type_),
+                              observed_generation=gen)
+
+    conditions: list[dict[str, Any]] = []
+    out: dict[str, Any] = {"observedGeneration": gen}
+    if plan is not None:
+        out.update(tensorParallelSize=plan.tensor_parallel_size, pipelineParallelSize=plan.pipeline_parallel_size,
+                   gpusPerReplica=plan.gpus_per_replica, parallelismReason=plan.parallelism_reason,
+                   cacheClaim=plan.cache_claim)
+        conditions.append(cond("ParallelismPlanned", "True", "Planned", plan.parallelism_reason))
+    if endpoint:
+        out["endpoint"] = endpoint
+    replicas, pods_ready = _replicas(deployment)
+    out["replicas"] = replicas
+
+    if failure is not None:
+        if plan is None:
+            conditions.append(cond("ParallelismPlanned", "False", failure.reason, failure.message))
+        conditions.append(cond("Ready", "False", failure.reason, failure.message))
+        out.update(phase="Failed", readyReplicas=0, conditions=conditions)
+        return out
+
+    if cache is not None:
+        conditions.append(cond("ModelCached", "True" if cache.complete else "False", cache.reason, cache.message))
+        if cache.failed:
+            conditions.append(cond("Ready", "False", cache.reason, cache.message))
+            out.update(phase="Failed", readyReplicas=0, conditions=conditions)
+            return out
+        if not cache.complete and deployment is None:
+            conditions.append(cond("Ready", "False", "WaitingForModelCache", cache.message))
+            out.update(phase="Downloading" if cache.active else "Pending", readyReplicas=0, conditions=conditions)
+            return out
+
+    desired = vd.spec.replicas
+    ready_before = previous.get("Ready")
+    carried = (probing and readiness is None and deployment is not None and ready_before is not None
+               and ready_before.get("reason") not in ("WaitingForModelCache", "InvalidSpec", "Pending"))
+    if carried:
+        # The prober has not reported since this operator started: keep what the last one saw,
+        # rather than writing a transient "unknown" after every restart.
+        conditions.append(dict(ready_before, observedGeneration=gen))
+        ready = int(current.get("readyReplicas") or 0)
+    else:
+        if probing:
+            readiness = readiness or summarize_readiness([], desired)
+        if readiness is not None:
+            ready = readiness.ready_replicas
+            status, reason, message = readiness.status, readiness.reason, readiness.message
+        elif desired == 0:
+            ready, status, reason, message = 0, "False", "ScaledToZero", "scaled to zero replicas"
+        elif pods_ready:
+            ready, status, reason, message = pods_ready, "True", "PodsReady", f"{pods_ready}/{desired} pods ready"
+        else:
+            ready, status, reason, message = 0, "False", "Loading", f"0/{desired} pods ready: the server is starting"
+        conditions.append(cond("Ready", status, reason, message))
+    if desired == 0:
+        phase = "Stopped"
+    elif ready >= desired:
+        phase = "Ready"
+    elif ready > 0:
+        phase = "Degraded"
+    else:
+        phase = "Deploying"
+    out.update(phase=phase, readyReplicas=ready, conditions=conditions)
+    return out
+
+
+def status_differs(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Compare as the API server stores it; conditions are compared by type, order-free."""
+    current = dict(current or {})
+
+    def norm(status: dict[str, Any]) -> dict[str, Any]:
+        status = dict(status)
+        status["conditions"] = sorted(status.get("conditions") or [], key=lambda c: c.get("type", ""))
+        return status
+
+    return norm(current) != norm(new)
