@@ -322,3 +322,23 @@ def test_up_restarts_a_crashed_component_without_losing_state(private_cluster):
     assert new and new != old
     kept = again.rest.get("/api/v1/namespaces/default/configmaps/survives-repair")
     assert kept["metadata"]["uid"] == marker["metadata"]["uid"]
+
+
+@pytest.mark.helm
+def test_helm_installs_a_chart_into_the_cluster(cluster, kube, namespace, tmp_path):
+    import subprocess
+
+    chart = tmp_path / "hello"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: hello\nversion: 0.1.0\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\n"
+        "data:\n  greeting: {{ .Values.greeting | quote }}\n")
+    subprocess.run(
+        [str(cluster.helm_binary), "install", "rel", str(chart), "--namespace", namespace,
+         "--kubeconfig", str(cluster.kubeconfig), "--set", "greeting=hi", "--wait"],
+        check=True, capture_output=True, text=True, timeout=120,
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    cm = client.CoreV1Api(kube).read_namespaced_config_map("rel-cm", namespace)
+    assert cm.data == {"greeting": "hi"}
