@@ -729,7 +729,10 @@ def main(argv: list[str] | None = None) -> int:
 
     env = dict(os.environ)
     try:
-        settings = settings_from_env(env, _load_yaml(opts.config), vllm_env_names=_vllm_env_names(env))
+        # Only the start path pays for importing vLLM to tell its variables from typos; probes stay fast.
+        starting = not (opts.print_probe or opts.print_settings)
+        vllm_names = _vllm_env_names(env) if starting else frozenset()
+        settings = settings_from_env(env, _load_yaml(opts.config), vllm_env_names=vllm_names)
         args = render_vllm_args(settings)
     except SettingsError as exc:
         for message in exc.errors:
