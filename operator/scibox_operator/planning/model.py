@@ -325,20 +325,18 @@ def _common_text_facts(cfg: _Config, model_type: str) -> dict:
     }
 
 
-def _llama_like(cfg: _Config, model_type: str, architecture: str,
-                defaults: dict | None = None) -> ModelFacts:
+def _llama_like(cfg: _Config, model_type: str, architecture: str) -> ModelFacts:
     fam = _LLAMA_LIKE[model_type]
-    d = defaults or {}
-    H = cfg.int("hidden_size", default=d.get("hidden_size", _MISSING))
-    L = cfg.int("num_hidden_layers", default=d.get("num_hidden_layers", _MISSING))
-    nh = cfg.int("num_attention_heads", default=d.get("num_attention_heads", _MISSING))
-    nkv = cfg.int("num_key_value_heads", default=d.get("num_key_value_heads", nh))
-    V = cfg.int("vocab_size", default=d.get("vocab_size", _MISSING))
-    I = cfg.int("intermediate_size", default=d.get("intermediate_size", _MISSING))
+    H = cfg.int("hidden_size")
+    L = cfg.int("num_hidden_layers")
+    nh = cfg.int("num_attention_heads")
+    nkv = cfg.int("num_key_value_heads", default=nh)
+    V = cfg.int("vocab_size")
+    I = cfg.int("intermediate_size")
     if cfg.raw("head_dim") is not None:
         hd = cfg.int("head_dim")
-    elif "head_dim" in d or fam.head_dim_default:
-        hd = d.get("head_dim", fam.head_dim_default)
+    elif fam.head_dim_default:
+        hd = fam.head_dim_default
     else:
         if H % nh:
             raise PlanError("InvalidModelConfig", f"hidden_size {H} is not a multiple of num_attention_heads {nh}")
@@ -426,7 +424,9 @@ def _gemma3_multimodal(config: dict, architecture: str) -> ModelFacts:
         if key in config and key not in text:
             text[key] = config[key]
     text.setdefault("tie_word_embeddings", config.get("tie_word_embeddings", True))
-    facts = _llama_like(_Config(text, "text_config"), "gemma3_text", architecture, _GEMMA3_TEXT_DEFAULTS)
+    for key, value in _GEMMA3_TEXT_DEFAULTS.items():
+        text.setdefault(key, value)
+    facts = _llama_like(_Config(text, "text_config"), "gemma3_text", architecture)
 
     v = _Config(vision, "vision_config")
     D = v.int("hidden_size", default=_SIGLIP_DEFAULTS["hidden_size"])
