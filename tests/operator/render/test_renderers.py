@@ -1,0 +1,159 @@
+"""Pure renderers: spec -> manifests, no cluster."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from scibox_operator.render.cache import download_job_name, render_cache_pvc, render_download_job
+from scibox_operator.render.deployment import render_deployment
+from scibox_operator.render.monitoring import render_service_monitor
+from scibox_operator.render.service import render_service
+from scibox_operator.serving import ServingPlan, cache_claim_name, decide_serving_plan, model_dir
+from scibox_operator.spec import InvalidSpec, parse
+
+
+def body(name="m", uid="uid-1", **spec):
+    base = {"model": {"name": "org/model"}}
+    base.update(spec)
+    return {"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment",
+            "metadata": {"name": name, "namespace": "ns", "uid": uid, "generation": 3}, "spec": base}
+
+
+def plan_for(vd, tp=2, pp=1, shared=False):
+    return ServingPlan(tp, pp, tp * pp, "test", cache_claim_name(vd, shared), shared, "10Gi", "img:1")
+
+
+def test_same_spec_renders_byte_identical_manifests_whatever_the_key_order():
+    spec = {"model": {"name": "org/model", "servedModelName": "x", "maxModelLen": 4096},
+            "engine": {"maxNumSeqs": 8, "enablePrefixCaching": True, "env": [{"name": "A", "value": "1"}]},
+            "nodeSelector": {"b": "2", "a": "1"}, "resources": {"gpuProduct": "NVIDIA-L4"}}
+    reordered = {k: spec[k] for k in reversed(list(spec))}
+    reordered["nodeSelector"] = {"a": "1", "b": "2"}
+    outs = []
+    for s in (spec, reordered):
+        vd = parse(body(**copy.deepcopy(s)))
+        p = plan_for(vd)
+        outs.append(yaml.safe_dump([render_deployment(vd, p), render_service(vd), render_cache_pvc(vd, p, [vd]),
+                                    render_download_job(vd, p, [vd]), render_service_monitor(vd)]))
+    assert outs[0] == outs[1]
+
+
+def test_deployment_requests_tp_times_pp_gpus_and_passes_the_sizes():
+    vd = parse(body(resources={"gpuProduct": "NVIDIA-H100-80GB-HBM3", "cpu": "8", "memory": "64Gi"}))
+    dep = render_deployment(vd, plan_for(vd, tp=4, pp=2))
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "8", "cpu": "8", "memory": "64Gi"}
+    assert "--tensor-parallel-size=4" in c["args"] and "--pipeline-parallel-size=2" in c["args"]
+    assert dep["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert f"--model={model_dir(vd)}" in c["args"]
+
+
+def test_min_gpu_memory_is_added_to_every_user_affinity_term():
+    terms = [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+             {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}]
+    vd = parse(body(resources={"minGpuMemoryMiB": 40000},
+                    affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}))
+    dep = render_deployment(vd, plan_for(vd))
+    got = dep["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    for term in got["nodeSelectorTerms"]:
+        assert {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["39999"]} in term["matchExpressions"]
+    assert vd.spec.affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"] == terms, \
+        "rendering must not mutate the spec"
+
+
+def test_api_key_only_through_the_environment():
+    vd = parse(body(auth={"apiKeySecretRef": {"name": "k"}}))
+    c = render_deployment(vd, plan_for(vd))["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "k", "key": "api-key"}}} in c["env"]
+    assert not any("api-key" in a for a in c["args"])
+
+
+def test_workload_pods_are_locked_down():
+    vd = parse(body())
+    pod = render_deployment(vd, plan_for(vd))["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "--trust-remote-code" not in c["args"]
+
+
+@pytest.mark.parametrize("strategy,expected", [("Recreate", {"type": "Recreate"}),
+                                               ("RollingUpdate", {"type": "RollingUpdate",
+                                                                  "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})])
+def test_rollout_strategy(strategy, expected):
+    vd = parse(body(rollout={"strategy": strategy}))
+    assert render_deployment(vd, plan_for(vd))["spec"]["strategy"] == expected
+
+
+def test_shared_cache_claim_is_owned_by_every_user_and_named_by_model():
+    a = parse(body("a", "uid-b", cache={"deletionPolicy": "Delete", "accessMode": "ReadWriteMany"}))
+    b = parse(body("b", "uid-a", cache={"deletionPolicy": "Delete", "accessMode": "ReadWriteMany"}))
+    pa, pb = plan_for(a, shared=True), plan_for(b, shared=True)
+    assert pa.cache_claim == pb.cache_claim and pa.cache_claim.startswith("model-cache-")
+    pvc = render_cache_pvc(a, pa, [a, b])
+    assert pvc == render_cache_pvc(b, pb, [b, a])
+    assert [r["uid"] for r in pvc["metadata"]["ownerReferences"]] == ["uid-a", "uid-b"]
+    assert all(r["controller"] is False for r in pvc["metadata"]["ownerReferences"])
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_retained_cache_has_no_owner_and_user_claims_are_never_rendered():
+    vd = parse(body())
+    pvc = render_cache_pvc(vd, plan_for(vd), [vd])
+    assert "ownerReferences" not in pvc["metadata"], "Retain is the default"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    existing = parse(body(cache={"existingClaim": "mine"}))
+    assert render_cache_pvc(existing, plan_for(existing), [existing]) is None
+    assert plan_for(existing).cache_claim == "mine"
+    on_pvc = parse(body(model={"name": "pvc://models/llama/8b"}))
+    assert render_cache_pvc(on_pvc, plan_for(on_pvc), [on_pvc]) is None
+    assert render_download_job(on_pvc, plan_for(on_pvc), [on_pvc]) is None
+    assert model_dir(on_pvc) == "/models/llama/8b" and plan_for(on_pvc).cache_claim == "models"
+
+
+def test_download_job_uses_mirror_and_token_secret_and_fails_fast_on_permanent_errors():
+    vd = parse(body(model={"name": "org/model", "revision": "abc123"},
+                    cache={"endpoint": "https://mirror.example", "tokenSecretRef": {"name": "hf"}}))
+    p = plan_for(vd)
+    job = render_download_job(vd, p, [vd])
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["HF_ENDPOINT"]["value"] == "https://mirror.example"
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+    assert env["MODEL_REVISION"]["value"] == "abc123" and env["MODEL_DIR"]["value"] == model_dir(vd)
+    assert job["metadata"]["name"] == download_job_name(p) and len(job["metadata"]["name"]) <= 63
+    rule = job["spec"]["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["operator"] == "In"
+    assert job["spec"]["backoffLimit"] >= 1
+
+
+def test_long_names_stay_valid_dns_labels():
+    vd = parse(body(name="x" * 60))
+    p = plan_for(vd)
+    assert len(p.cache_claim) <= 63 and len(download_job_name(p)) <= 63
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ({"engine": {"extraArgs": ["--trust-remote-code"]}}, "trust-remote-code"),
+    ({"engine": {"extraArgs": ["--tensor-parallel-size=4"]}}, "tensor-parallel-size"),
+    ({"engine": {"env": [{"name": "VLLM_API_KEY", "value": "x"}]}}, "VLLM_API_KEY"),
+    ({"replicas": -1}, "replicas"),
+    ({"parallelism": {"tensorParallelSize": 0}}, "spec.parallelism.tensorParallelSize"),
+    ({"unknownField": 1}, "unknownField"),
+])
+def test_invalid_specs_give_a_message_naming_the_field(spec, needle):
+    with pytest.raises(InvalidSpec) as err:
+        parse(body(**spec))
+    assert needle in err.value.message
+
+
+def test_explicit_sizes_need_no_model_config():
+    vd = parse(body(parallelism={"tensorParallelSize": 2, "pipelineParallelSize": 2}))
+    plan = decide_serving_plan(vd, config=None, safetensors_index=None, nodes=[], cache_shared=False)
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.gpus_per_replica) == (2, 2, 4)
