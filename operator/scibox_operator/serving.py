@@ -10,6 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from .engine_args import model_cache_path
 from .spec import VLLMDeployment, dns_name, short_hash
 
 MODELS_MOUNT = "/models"
@@ -51,14 +52,26 @@ def cache_claim_name(vd: VLLMDeployment, shared: bool) -> str:
 
 
 def model_dir(vd: VLLMDeployment) -> str:
-    """Where the weights are inside the server container: one folder per model and revision, so
-    a claim can hold several revisions and a shared claim several deployments' models."""
+    """Where the weights are inside the server container: one folder per model and revision
+    (the same function the download Job uses), so a claim can hold several revisions."""
     model = vd.spec.model
     if model.is_pvc:
         _, path = model.pvc_claim_and_path
         return f"{MODELS_MOUNT}/{path}".rstrip("/")
-    revision = model.revision.replace("/", "--")
-    return f"{MODELS_MOUNT}/{model.name}/{revision}"
+    return model_cache_path(MODELS_MOUNT, model.name, model.revision)
+
+
+def checkpoint_bytes(facts) -> int:
+    """Bytes of the weights on disk: the safetensors index when the hub gave one, else the
+    parameter count at the checkpoint's storage width (quantized checkpoints store less)."""
+    if facts.safetensors_weight_bytes:
+        return int(facts.safetensors_weight_bytes)
+    quant = facts.quantization
+    if quant is not None and not quant.online:
+        per_param = quant.bytes_per_weight
+    else:
+        per_param = {"float32": 4, "float": 4}.get(facts.checkpoint_dtype, 2)
+    return int(facts.total_params * per_param)
 
 
 def auto_cache_size(weight_bytes: int | None) -> str:
@@ -144,7 +157,7 @@ def decide_serving_plan(vd: VLLMDeployment, *, config: dict | None, safetensors_
             if tp is None or pp is None:
                 raise PlanFailure(exc.reason, exc.message) from None
 
-    weight_bytes = facts.weight_bytes if facts is not None else None
+    weight_bytes = checkpoint_bytes(facts) if facts is not None else None
     cache_size = spec.cache.size if spec.cache.size != "auto" else auto_cache_size(weight_bytes)
     claim = cache_claim_name(vd, cache_shared)
     image = spec.image or image

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..serving import MODELS_MOUNT, ServingPlan, model_dir
+from ..engine_args import DOWNLOAD_EXIT_CODES
+from ..serving import MODELS_MOUNT, ServingPlan
 from ..spec import VLLMDeployment
 from .common import CACHE, DOWNLOAD, labels
 
 DOWNLOAD_SCRIPT = "/opt/scibox/download_model.sh"
-# Exit codes of download_model.sh that no retry can fix (model not found, not authorized):
-# the Job fails at once instead of burning its back-off budget.
-PERMANENT_EXIT_CODES = (3, 4)
+# Exit codes of download_model.sh that no retry can fix: the Job fails at once instead of
+# burning its back-off budget (a mirror that is down, by contrast, is retried with back-off).
+PERMANENT_EXIT_CODES = tuple(DOWNLOAD_EXIT_CODES[k] for k in
+                             ("bad_config", "not_found", "unauthorized", "disk_full", "no_weights"))
 DOWNLOAD_BACKOFF_LIMIT = 4
 
 
@@ -78,7 +80,6 @@ def render_download_job(vd: VLLMDeployment, plan: ServingPlan,
     env: list[dict[str, Any]] = [
         {"name": "MODEL_ID", "value": model.name},
         {"name": "MODEL_REVISION", "value": model.revision},
-        {"name": "MODEL_DIR", "value": model_dir(vd)},
         {"name": "CACHE_DIR", "value": MODELS_MOUNT},
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": "/tmp/hf"},

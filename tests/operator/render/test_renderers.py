@@ -116,6 +116,7 @@ def test_retained_cache_has_no_owner_and_user_claims_are_never_rendered():
     assert render_cache_pvc(on_pvc, plan_for(on_pvc), [on_pvc]) is None
     assert render_download_job(on_pvc, plan_for(on_pvc), [on_pvc]) is None
     assert model_dir(on_pvc) == "/models/llama/8b" and plan_for(on_pvc).cache_claim == "models"
+    assert model_dir(vd) == "/models/org--model/main"
 
 
 def test_download_job_uses_mirror_and_token_secret_and_fails_fast_on_permanent_errors():
@@ -126,7 +127,7 @@ def test_download_job_uses_mirror_and_token_secret_and_fails_fast_on_permanent_e
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["HF_ENDPOINT"]["value"] == "https://mirror.example"
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
-    assert env["MODEL_REVISION"]["value"] == "abc123" and env["MODEL_DIR"]["value"] == model_dir(vd)
+    assert env["MODEL_REVISION"]["value"] == "abc123" and env["CACHE_DIR"]["value"] == "/models"
     assert job["metadata"]["name"] == download_job_name(p) and len(job["metadata"]["name"]) <= 63
     rule = job["spec"]["podFailurePolicy"]["rules"][0]
     assert rule["action"] == "FailJob" and rule["onExitCodes"]["operator"] == "In"
