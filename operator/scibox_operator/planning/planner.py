@@ -196,14 +196,17 @@ class _Settings:
 
 def tensor_parallel_problem(model: ModelFacts, tp: int, scheme: QuantScheme | None = None) -> str | None:
     """Why vLLM cannot shard this model `tp` ways, or None when it can."""
-    for what, size in model.tp_divisible:
-        if size % tp:
-            return f"{what} ({size}) not divisible by tensor parallel size {tp}"
+    heads = model.num_attention_heads
+    if heads % tp:
+        return f"attention heads ({heads}) not divisible by tensor parallel size {tp}"
     if not model.kv_cache_is_latent:
         kv = model.num_kv_heads
         if kv % tp and tp % kv:
             return (f"{kv} KV heads can be neither split nor replicated evenly over "
                     f"tensor parallel size {tp}")
+    for what, size in model.tp_divisible:
+        if size % tp:
+            return f"{what} ({size}) not divisible by tensor parallel size {tp}"
     if scheme and scheme.group_size and tp > 1:
         for what, size in model.tp_group_aligned:
             if size % tp == 0 and (size // tp) % scheme.group_size:
@@ -431,6 +434,10 @@ def _check_explicit(model: ModelFacts, gpus_per_node: int, tp: int | None, pp: i
 
 # ----------------------------------------------------------------------------- explanations
 
+def _gpus(count: int, gpu: GpuType) -> str:
+    return f"{count} {gpu.name} GPU{'' if count == 1 else 's'}"
+
+
 def _gib(value: float) -> str:
     return f"{value / GIB:.1f} GiB"
 
@@ -468,8 +475,7 @@ def _plan(model: ModelFacts, gpu: GpuType, fit: LayoutFit, s: _Settings, previou
     if pp_fixed:
         given.append("pipeline parallel size")
     how = fit.describe() + (f" (the requested {' and '.join(given)})" if given else "")
-    reason = (f"{_model_summary(model, s, total)} needs {fit.gpus} {gpu.name} GPU"
-              f"{'s' if fit.gpus > 1 else ''}: {how} puts {_gib(fit.weight_bytes_per_gpu)} of weights "
+    reason = (f"{_model_summary(model, s, total)} needs {_gpus(fit.gpus, gpu)}: {how} puts {_gib(fit.weight_bytes_per_gpu)} of weights "
               f"on each GPU and leaves {fit.kv_cache_tokens:,} KV-cache tokens at "
               f"{_utilization(s, gpu)} memory utilization, enough for {_target(s)}")
     if previous is not None and previous.gpus < fit.gpus:
@@ -514,20 +520,20 @@ def _no_fit(model: ModelFacts, gpu: GpuType, gpus_per_node: int, tried: list[Lay
         if unlimited is not None:
             return PlanError(
                 "TooManyNodes",
-                f"{summary} needs {unlimited.nodes} nodes of {gpus_per_node} {gpu.name} GPUs "
-                f"({unlimited.gpus} GPUs); maxNodes is {max_nodes}",
+                f"{summary} needs {unlimited.nodes} nodes of {_gpus(gpus_per_node, gpu)} "
+                f"({unlimited.gpus} GPUs in all); maxNodes is {max_nodes}",
             )
     if not best.weights_fit:
         return PlanError(
             "ModelTooLarge",
-            f"{summary} does not fit: even {best.describe()} ({best.gpus} {gpu.name} GPUs) needs "
+            f"{summary} does not fit: even {best.describe()} ({_gpus(best.gpus, gpu)}) needs "
             f"{_gib(best.weight_bytes_per_gpu + max(st.reserve_bytes for st in best.stages))} of weights "
             f"and runtime reserve per GPU, more than the {_gib(s.budget_bytes)} "
             f"{_utilization(s, gpu)} memory utilization allows",
         )
     return PlanError(
         "InsufficientKvCache",
-        f"{summary}: the roomiest allowed layout, {best.describe()} ({best.gpus} {gpu.name} GPUs), "
+        f"{summary}: the roomiest allowed layout, {best.describe()} ({_gpus(best.gpus, gpu)}), "
         f"leaves {best.kv_cache_tokens:,} KV-cache tokens, fewer than the {s.required_tokens:,} needed "
         f"for {_target(s)}; lower maxModelLen or the concurrency target, or allow more GPUs",
     )
