@@ -14,7 +14,8 @@ SERVER_MODULE="${VLLM_SERVER_MODULE:-vllm.entrypoints.openai.api_server}"
 
 if [ "$#" -gt 0 ]; then
   # Arguments given to the container join EXTRA_ARGS, so they are checked like them.
-  export EXTRA_ARGS="${EXTRA_ARGS:-} $(printf '%q ' "$@")"
+  EXTRA_ARGS="${EXTRA_ARGS:-} $(printf '%q ' "$@")"
+  export EXTRA_ARGS
 fi
 
 config_arg=()
