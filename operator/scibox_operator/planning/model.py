@@ -280,6 +280,7 @@ def model_facts_from_config(config: dict, safetensors_index: dict | None = None)
             f"the planner; supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
         )
     architecture = architecture or _TYPE_TO_ARCH[model_type]
+    _check_plausible_depth(config)
 
     if model_type in _LLAMA_LIKE:
         facts = _llama_like(_Config(config), model_type, architecture)
@@ -297,6 +298,21 @@ def model_facts_from_config(config: dict, safetensors_index: dict | None = None)
     if safetensors_index is not None:
         changes["safetensors_weight_bytes"] = _weights_from_index(facts, safetensors_index)
     return _replace(facts, **changes)
+
+
+# No served model has more than a few hundred layers; a bigger number is a garbled config
+# (and would make the pipeline search needlessly long).
+MAX_LAYERS = 1024
+
+
+def _check_plausible_depth(config: dict) -> None:
+    for scope in (config, config.get("text_config")):
+        if not isinstance(scope, dict):
+            continue
+        for key in ("num_hidden_layers", "n_layer"):
+            value = scope.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_LAYERS:
+                raise PlanError("InvalidModelConfig", f"{key} {value} is implausible (more than {MAX_LAYERS})")
 
 
 def _replace(facts: ModelFacts, **changes) -> ModelFacts:

@@ -184,6 +184,7 @@ def _broken(name: str, mutate) -> dict:
     (_broken("google/gemma-3-4b-it", lambda c: c.pop("vision_config")), "InvalidModelConfig"),
     (_broken("Qwen/Qwen3-8B", lambda c: c.update(quantization_config={"quant_method": "hqq"})), "UnsupportedQuantization"),
     (_broken("Qwen/Qwen3-8B", lambda c: c.update(architectures="Qwen3")), "InvalidModelConfig"),
+    (_broken("Qwen/Qwen3-8B", lambda c: c.update(num_hidden_layers=10**6)), "InvalidModelConfig"),
 ])
 def test_bad_configs_raise_a_plan_error(config, reason):
     with pytest.raises(PlanError) as error:
