@@ -47,6 +47,8 @@ class Settings:
     hub_endpoint: str = os.environ.get("SCIBOX_HUB_ENDPOINT", "https://huggingface.co")
     forbid_trust_remote_code: bool = os.environ.get("SCIBOX_FORBID_TRUST_REMOTE_CODE", "") in ("1", "true")
     max_backoff: float = 300.0
+    # API keys and hub tokens are re-read this often, so a rotated Secret is picked up.
+    secret_ttl: float = float(os.environ.get("SCIBOX_SECRET_TTL_SECONDS", "60"))
 
 
 def storage_class_summary(body: Any) -> dict[str, Any]:
@@ -425,7 +427,7 @@ class Controller:
             return None
         key = (namespace, ref.name, ref.key)
         hit = self._secret_cache.get(key)
-        if hit and time.monotonic() - hit[0] < 60:
+        if hit and time.monotonic() - hit[0] < self.settings.secret_ttl:
             return hit[1]
         secret = await self.client.get("Secret", namespace, ref.name)
         value = None

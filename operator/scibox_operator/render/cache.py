@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from ..engine_args import DOWNLOAD_EXIT_CODES
@@ -66,6 +67,22 @@ def render_cache_pvc(vd: VLLMDeployment, plan: ServingPlan,
     }
 
 
+def _placement(vd: VLLMDeployment) -> dict[str, Any]:
+    """The download runs where the servers will: a ReadWriteOnce cache on node-local storage is
+    only reachable there, and GPU nodes are often tainted."""
+    out: dict[str, Any] = {}
+    selector = dict(sorted(vd.spec.node_selector.items()))
+    if vd.spec.resources.gpu_product:
+        selector["nvidia.com/gpu.product"] = vd.spec.resources.gpu_product
+    if selector:
+        out["nodeSelector"] = selector
+    out["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                          *copy.deepcopy(list(vd.spec.tolerations))]
+    if vd.spec.priority_class_name:
+        out["priorityClassName"] = vd.spec.priority_class_name
+    return out
+
+
 def download_job_name(plan: ServingPlan) -> str:
     return plan.cache_claim[: 63 - len("-download")].rstrip("-") + "-download"
 
@@ -116,6 +133,7 @@ def render_download_job(vd: VLLMDeployment, plan: ServingPlan,
                         "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
+                    **_placement(vd),
                     "containers": [{
                         "name": "download",
                         "image": cache.download_image or plan.image,
