@@ -264,3 +264,11 @@ def test_shipped_yaml_has_every_section_and_key_the_mapping_knows():
         section, key = setting.yaml
         assert key in config[section], f"{section}.{key} missing from vllm_config.yaml"
     ea.settings_from_env({}, config)  # and it is valid as shipped
+
+
+def test_readme_documents_every_setting_and_exit_code():
+    readme = (IMAGES / "README.md").read_text()
+    for setting in ea.SETTINGS_ENV:
+        assert f"`{setting.env}`" in readme, setting.env
+    for kind, code in ea.DOWNLOAD_EXIT_CODES.items():
+        assert re.search(rf"\\| {code} \\| {kind} \\|", readme), kind
