@@ -18,11 +18,11 @@ parameters (biases, norms, routers) stay in the serving dtype.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import PlanError
-from .numerics import DTYPE_BYTES, QuantScheme, normalize_dtype, scheme_from_quantization_config
+from .numerics import QuantScheme, normalize_dtype, scheme_from_quantization_config
 
 # vLLM pads embedding and LM-head rows to a multiple of 64 per model
 # (DEFAULT_VOCAB_PADDING_SIZE in vllm/model_executor/layers/vocab_parallel_embedding.py).
@@ -93,7 +93,6 @@ class ModelFacts:
     # From model.safetensors.index.json: bytes of the weights vLLM loads, when known.
     safetensors_weight_bytes: int | None = None
     name: str | None = None
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def total_params(self) -> int:
@@ -256,8 +255,12 @@ _TYPE_TO_ARCH = {v: k for k, v in _ARCH_TO_TYPE.items()}
 SUPPORTED_MODEL_TYPES = tuple(sorted(set(_ARCH_TO_TYPE.values())))
 
 
-def model_facts_from_config(config: dict, safetensors_index: dict | None = None) -> ModelFacts:
+def model_facts_from_config(config: dict, safetensors_index: dict | None = None, *,
+                            name: str | None = None) -> ModelFacts:
     """Facts of a Hugging Face model from its config.json (and safetensors index).
+
+    `name` (e.g. the Hugging Face repo id) is what plan reasons call the model; without
+    it the config's `_name_or_path`, else its architecture, is used.
 
     Raises PlanError(UnsupportedArchitecture) for a family the planner cannot count and
     PlanError(InvalidModelConfig) for a config that is not a usable model description.
@@ -293,7 +296,8 @@ def model_facts_from_config(config: dict, safetensors_index: dict | None = None)
     else:
         facts = _opt(_Config(config), architecture)
 
-    name = config.get("_name_or_path")
+    if not name:
+        name = config.get("_name_or_path")
     changes: dict[str, Any] = {"name": name if isinstance(name, str) and name else None}
     if safetensors_index is not None:
         changes["safetensors_weight_bytes"] = _weights_from_index(facts, safetensors_index)
@@ -316,7 +320,6 @@ def _check_plausible_depth(config: dict) -> None:
 
 
 def _replace(facts: ModelFacts, **changes) -> ModelFacts:
-    from dataclasses import replace
     return replace(facts, **changes)
 
 

@@ -183,7 +183,9 @@ class _Settings:
     dtype: str
     scheme: QuantScheme | None
     storage: Storage
+    kv_cache_dtype: str
     kv_dtype_bytes: int
+    utilization: float
     budget_bytes: int
     max_model_len: int
     required_tokens: int
@@ -279,7 +281,9 @@ def _resolve(model: ModelFacts, gpu: GpuType, *, dtype: str, quantization: str |
         dtype=serving_dtype,
         scheme=scheme,
         storage=Storage.of(serving_dtype, scheme),
+        kv_cache_dtype=kv_cache_dtype,
         kv_dtype_bytes=kv_cache_dtype_bytes(kv_cache_dtype, serving_dtype),
+        utilization=gpu_memory_utilization,
         budget_bytes=math.floor(gpu.cuda_total_bytes * gpu_memory_utilization),
         max_model_len=max_model_len,
         required_tokens=max_model_len * concurrency_target,
@@ -495,7 +499,7 @@ def _plan(model: ModelFacts, gpu: GpuType, fit: LayoutFit, s: _Settings, previou
 
 
 def _utilization(s: _Settings, gpu: GpuType) -> str:
-    return f"{s.budget_bytes / gpu.cuda_total_bytes:.0%}" if gpu.cuda_total_bytes else "0%"
+    return f"{s.utilization:.0%}"
 
 
 def _no_fit(model: ModelFacts, gpu: GpuType, gpus_per_node: int, tried: list[LayoutFit], s: _Settings,
@@ -510,8 +514,8 @@ def _no_fit(model: ModelFacts, gpu: GpuType, gpus_per_node: int, tried: list[Lay
         try:
             unlimited = plan_parallelism(model, gpu, gpus_per_node, dtype=s.dtype,
                                          quantization=s.scheme.method if s.scheme and s.scheme.online else None,
-                                         max_model_len=s.max_model_len,
-                                         gpu_memory_utilization=s.budget_bytes / gpu.cuda_total_bytes,
+                                         max_model_len=s.max_model_len, kv_cache_dtype=s.kv_cache_dtype,
+                                         gpu_memory_utilization=s.utilization,
                                          concurrency_target=s.required_tokens // s.max_model_len,
                                          max_num_seqs=s.max_num_seqs,
                                          max_num_batched_tokens=s.max_num_batched_tokens, reserve=s.reserve)
