@@ -25,6 +25,11 @@ sort, softmax, log-probs). 38 bytes per (sequence x vocabulary entry) reproduces
 five within 0.2 GiB (Qwen3-0.6B: 1024 x 151936 x 38 = 5.5 GiB; gpt-oss: 201088 -> 7.3
 GiB); the forward pass adds max_num_batched_tokens x (2 x hidden + 2 x FFN width per
 rank) values, which brings the estimate to or above every measurement.
+
+Deliberately conservative: sliding-window layers (Mistral v0.1, Gemma 2/3, Phi-3) are
+counted as full-attention layers, although vLLM's hybrid KV-cache manager keeps only the
+window for them; a multimodal encoder's profiling activations are not modelled (they are
+small next to the sampler's for Gemma 3's 256 image tokens).
 """
 
 from __future__ import annotations
@@ -479,8 +484,9 @@ def _plan(model: ModelFacts, gpu: GpuType, fit: LayoutFit, s: _Settings, previou
     if pp_fixed:
         given.append("pipeline parallel size")
     how = fit.describe() + (f" (the requested {' and '.join(given)})" if given else "")
-    reason = (f"{_model_summary(model, s, total)} needs {_gpus(fit.gpus, gpu)}: {how} puts {_gib(fit.weight_bytes_per_gpu)} of weights "
-              f"on each GPU and leaves {fit.kv_cache_tokens:,} KV-cache tokens at "
+    where = "at most " if fit.pipeline_parallel_size > 1 else ""
+    reason = (f"{_model_summary(model, s, total)} needs {_gpus(fit.gpus, gpu)}: {how} puts {where}{_gib(fit.weight_bytes_per_gpu)} of weights "
+              f"on {'any' if fit.pipeline_parallel_size > 1 else 'each'} GPU and leaves {fit.kv_cache_tokens:,} KV-cache tokens at "
               f"{_utilization(s, gpu)} memory utilization, enough for {_target(s)}")
     if previous is not None and previous.gpus < fit.gpus:
         reason += f"; {_shortfall(previous)}"
