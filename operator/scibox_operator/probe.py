@@ -185,7 +185,11 @@ def _describe_error(error: BaseException) -> str:
     if isinstance(error, asyncio.TimeoutError):
         return "timed out"
     if isinstance(error, aiohttp.ClientConnectorError):
+        if isinstance(error.os_error, ConnectionRefusedError):
+            return "connection refused"
         return f"cannot connect ({error.os_error.strerror or error.os_error})"
+    if isinstance(error, (ConnectionResetError, aiohttp.ClientOSError)) and "reset" in str(error).lower():
+        return "connection reset"
     if isinstance(error, aiohttp.ServerDisconnectedError):
         return "server closed the connection"
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
@@ -210,7 +214,13 @@ async def _fetch(
 ) -> tuple[int, str]:
     try:
         async with session.request(
-            method, url + path, headers=headers, json=payload, timeout=timeout, allow_redirects=False
+            method,
+            url + path,
+            headers=headers,
+            json=payload,
+            timeout=timeout,
+            allow_redirects=False,
+            raise_for_status=False,  # the status is the answer here, whatever the session's default
         ) as response:
             return response.status, await response.text(errors="replace")
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:

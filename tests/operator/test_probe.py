@@ -46,9 +46,9 @@ API_KEY = "scibox-test-key"
 METRIC_NAMES_FILE = Path(__file__).parents[1] / "fixtures" / "vllm_metric_names.txt"
 
 
-def probe(base_url: str, served_model_name: str = "tiny", **options) -> ProbeResult:
+def probe(base_url: str, served_model_name: str = "tiny", *, session_options=None, **options) -> ProbeResult:
     async def run() -> ProbeResult:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(**(session_options or {})) as session:
             return await probe_endpoint(session, base_url, served_model_name, **options)
 
     return asyncio.run(run())
@@ -132,7 +132,7 @@ def test_refused_connection_is_engine_down_or_loading_while_starting() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     down = probe(url)
     assert down.reason is ProbeReason.ENGINE_DOWN and not down.ready
-    assert url in down.message and "/health" in down.message
+    assert down.message == f"{url}: /health: connection refused"
     assert probe(url, starting=True).reason is ProbeReason.LOADING
 
 
@@ -177,6 +177,12 @@ def test_missing_or_wrong_key_is_unauthorized(keyed_server: VLLMServer, key: str
 
 
 @pytest.mark.vllm
+def test_a_session_raising_for_status_does_not_change_the_verdict(keyed_server: VLLMServer) -> None:
+    result = probe(keyed_server.base_url, session_options={"raise_for_status": True})
+    assert result.reason is ProbeReason.UNAUTHORIZED, result.message
+
+
+@pytest.mark.vllm
 def test_right_key_is_serving(keyed_server: VLLMServer) -> None:
     result = probe(keyed_server.base_url, api_key=API_KEY, completion=True)
     assert result.reason is ProbeReason.SERVING, result.message
@@ -202,7 +208,7 @@ def test_killed_server_is_engine_down_then_loading_then_serving_again(keyed_serv
     keyed_server.kill()
     down = probe(keyed_server.base_url, api_key=API_KEY)
     assert down.reason is ProbeReason.ENGINE_DOWN
-    assert "/health" in down.message
+    assert down.message.endswith("/health: connection refused")
 
     keyed_server.start(wait=False)
     # vLLM opens its port only once the engine is built: until then the probe sees a refused
