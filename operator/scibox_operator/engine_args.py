@@ -614,16 +614,20 @@ def validate_settings(s: EngineSettings) -> list[str]:
     errors = []
     for name, value, check in checks + [c for c in optional if c[1] is not None]:
         try:
-            check(value, name)
+            parsed = check(value, name)
         except ValueError as exc:
             errors.append(str(exc))
+            continue
+        # Rendering uses the value as given, so it must already be in its parsed form.
+        if isinstance(value, str) and isinstance(parsed, str) and parsed != value:
+            errors.append(f"{name} must be written as {parsed!r}, got {value!r}")
     for name in ("trust_remote_code", "disable_log_stats"):
         if not isinstance(getattr(s, name), bool):
             errors.append(f"{name} must be true or false, got {getattr(s, name)!r}")
     if isinstance(s.gpu_memory_utilization, str):
         errors.append(f"gpu_memory_utilization must be a number, got {s.gpu_memory_utilization!r}")
-    if not isinstance(s.extra_args, tuple):
-        errors.append("extra_args must be a tuple of strings")
+    if not isinstance(s.extra_args, (tuple, list)):
+        errors.append("extra_args must be a tuple (or list) of strings")
     else:
         errors.extend(validate_extra_args(s.extra_args))
     return errors

@@ -349,3 +349,57 @@ def test_cli_reads_the_shipped_yaml_and_reports_errors_with_exit_2(tmp_path):
     assert "unknown config section 'memroy'" in done.stderr and "VLLM_PORT must be an integer" in done.stderr
     done = run_cli("--config", str(tmp_path / "missing.yaml"), env={})
     assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+# --- property: anything render_vllm_args accepts, vLLM parses to the same values ---------------------
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+_path_text = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF, blacklist_characters="\x7f"),
+                     min_size=1, max_size=30)
+_maybe = lambda strategy: st.none() | strategy  # noqa: E731
+
+engine_settings = st.builds(
+    EngineSettings,
+    model=_path_text,
+    served_model_name=_maybe(_path_text),
+    host=st.sampled_from(["0.0.0.0", "127.0.0.1", "::", "vllm.internal"]),
+    port=st.integers(1, 65535),
+    tensor_parallel_size=st.integers(1, 64),
+    pipeline_parallel_size=st.integers(1, 16),
+    max_model_len=_maybe(st.integers(1, 1 << 20)),
+    gpu_memory_utilization=_maybe(st.floats(0.01, 1.0)),
+    max_num_batched_tokens=_maybe(st.integers(1, 1 << 20)),
+    max_num_seqs=_maybe(st.integers(1, 4096)),
+    enable_prefix_caching=_maybe(st.booleans()),
+    enable_chunked_prefill=_maybe(st.booleans()),
+    trust_remote_code=st.booleans(),
+    dtype=_maybe(st.sampled_from(ea.DTYPES)),
+    quantization=_maybe(st.sampled_from(["awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors"])),
+    tokenizer=_maybe(_path_text),
+    revision=_maybe(st.from_regex(r"[0-9a-f]{40}|main|v[0-9]\.[0-9]", fullmatch=True)),
+    disable_log_stats=st.booleans(),
+    extra_args=st.lists(st.sampled_from([("--enforce-eager",), ("--seed", "-3"), ("--max-logprobs=2",),
+                                         ("--kv-cache-dtype", "fp8"), ("--load-format", "safetensors")]),
+                        max_size=3).map(lambda groups: tuple(t for g in groups for t in g)),
+)
+
+
+@pytest.mark.vllm
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(s=engine_settings)
+def test_property_vllm_parses_every_rendered_argv_back_to_the_settings(vllm_parser, s):
+    if ea.validate_settings(s):
+        with pytest.raises(SettingsError):
+            render_vllm_args(s)
+        return
+    ns = parse(vllm_parser, render_vllm_args(s))
+    assert (ns.model, ns.host, ns.port) == (s.model, s.host, s.port)
+    assert (ns.tensor_parallel_size, ns.pipeline_parallel_size) == (s.tensor_parallel_size, s.pipeline_parallel_size)
+    assert ns.served_model_name == ([s.served_model_name] if s.served_model_name else None)
+    for field in ("max_model_len", "gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs",
+                  "enable_prefix_caching", "enable_chunked_prefill", "dtype", "quantization", "tokenizer",
+                  "revision"):
+        if getattr(s, field) is not None:
+            assert getattr(ns, field) == getattr(s, field), field
+    assert ns.trust_remote_code is s.trust_remote_code and ns.api_key is None
