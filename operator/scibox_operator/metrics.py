@@ -1,8 +1,30 @@
-"""The operator's own Prometheus metrics (served on the metrics port by main.py)."""
+"""The operator's own Prometheus metrics (served on the metrics port by main.py).
+
+Two kinds:
+* event metrics the code paths update as they happen (reconciles, applies, API requests, probes);
+* state metrics read from the controller's in-memory store at scrape time
+  (`register_state_collector`): VLLMDeployments by phase, per-VLLMDeployment replicas and phase,
+  download Job attempts, and the work-queue depth. Reading at scrape time keeps them exact
+  without any periodic task, and series of deleted objects disappear by themselves.
+
+Per-object series are labelled `vllmdeployment_namespace` / `vllmdeployment`, never `namespace`:
+Prometheus attaches the *operator's* namespace as `namespace` to everything it scrapes, and a
+clash would silently rename ours to `exported_namespace` unless the scrape honours labels.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 RECONCILES = Counter("scibox_operator_reconciles_total", "Reconcile passes by result", ["result"])
 RECONCILE_SECONDS = Histogram(
@@ -27,8 +49,265 @@ DOWNLOAD_SECONDS = Histogram(
 DOWNLOAD_BYTES = Counter("scibox_operator_model_download_bytes_total", "Bytes of completed model downloads")
 DOWNLOAD_FAILURES = Counter("scibox_operator_model_download_failures_total", "Failed model download Jobs")
 
+# Every phase status.compute_status writes, plus Unknown for objects without a status yet.
+# All are exported (0 when empty) so "by phase" panels and alerts see a stable set of series.
+PHASES = ("Unknown", "Pending", "Downloading", "Deploying", "Ready", "Degraded", "Stopped", "Failed")
+
+NS_LABEL = "vllmdeployment_namespace"
+NAME_LABEL = "vllmdeployment"
+_JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+_OWNER_NAME_LABEL = "scibox.io/vllmdeployment"
+
 
 def record_request(method: str, path: str, status: int) -> None:
     API_REQUESTS.labels(verb=method, code=str(status)).inc()
     if status >= 400:
         API_ERRORS.labels(verb=method, code=str(status)).inc()
+
+
+# --- pure readings of stored objects ----------------------------------------------------------
+
+
+def phase_of(vllmd: Mapping[str, Any]) -> str:
+    phase = (vllmd.get("status") or {}).get("phase")
+    return phase if phase in PHASES else "Unknown"
+
+
+def count_by_phase(vllmds: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Phase -> number of VLLMDeployments, with every phase of PHASES present."""
+    counts = dict.fromkeys(PHASES, 0)
+    for body in vllmds:
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            continue  # going away: no longer counts as serving or failing
+        counts[phase_of(body)] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class DeploymentReading:
+    namespace: str
+    name: str
+    phase: str
+    desired_replicas: int
+    ready_replicas: int
+
+
+def read_deployment(body: Mapping[str, Any]) -> DeploymentReading:
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    desired = spec.get("replicas", 1)  # the CRD's default
+    return DeploymentReading(
+        namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")), phase=phase_of(body),
+        desired_replicas=_int(desired, 1), ready_replicas=_int(status.get("readyReplicas"), 0))
+
+
+@dataclass(frozen=True)
+class DownloadOutcome:
+    """A finished download Job: `succeeded` or not, how long it ran and (when the download pod
+    left its JSON summary as termination message) how many bytes it fetched."""
+
+    uid: str
+    namespace: str
+    job: str
+    vllmdeployment: str
+    succeeded: bool
+    finished_at: datetime
+    duration_seconds: float | None
+    downloaded_bytes: int | None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _job_condition(job: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+            return cond["type"], cond
+    return None
+
+
+def downloaded_bytes_from_pods(job_name: str, namespace: str, pods: Iterable[Mapping[str, Any]]) -> int | None:
+    """`downloaded_bytes` from the summary download_model.py writes as the pod's termination
+    message; None when no pod of this Job carries one."""
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if meta.get("namespace") != namespace or job_name not in (labels.get(k) for k in _JOB_NAME_LABELS):
+            continue
+        for state in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (state.get("state") or {}).get("terminated") or {}
+            if terminated.get("exitCode") != 0 or not terminated.get("message"):
+                continue
+            try:
+                summary = json.loads(terminated["message"])
+            except ValueError:
+                continue
+            if isinstance(summary, dict) and isinstance(summary.get("downloaded_bytes"), int):
+                return summary["downloaded_bytes"]
+    return None
+
+
+def download_outcome(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] = ()) -> DownloadOutcome | None:
+    """What a download Job's status says about a finished download; None while it runs."""
+    finished = _job_condition(job)
+    if finished is None:
+        return None
+    kind, cond = finished
+    meta = job.get("metadata") or {}
+    status = job.get("status") or {}
+    started = _parse_time(status.get("startTime"))
+    ended = _parse_time(status.get("completionTime")) if kind == "Complete" else None
+    ended = ended or _parse_time(cond.get("lastTransitionTime"))
+    if ended is None:
+        return None  # a condition without any time: nothing trustworthy to record
+    duration = (ended - started).total_seconds() if started else None
+    name, namespace = str(meta.get("name", "")), str(meta.get("namespace", ""))
+    return DownloadOutcome(
+        uid=str(meta.get("uid") or f"{namespace}/{name}"), namespace=namespace, job=name,
+        vllmdeployment=str((meta.get("labels") or {}).get(_OWNER_NAME_LABEL, "")),
+        succeeded=kind == "Complete", finished_at=ended,
+        duration_seconds=max(duration, 0.0) if duration is not None else None,
+        downloaded_bytes=downloaded_bytes_from_pods(name, namespace, pods) if kind == "Complete" else None)
+
+
+def is_download_job(job: Mapping[str, Any]) -> bool:
+    return ((job.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component") == "model-download"
+
+
+# --- recording ------------------------------------------------------------------------------
+
+
+class DownloadRecorder:
+    """Records each finished download Job once (by uid) into DOWNLOAD_SECONDS / DOWNLOAD_BYTES /
+    DOWNLOAD_FAILURES. Jobs that finished before `since` are skipped: after an operator restart
+    the store is primed with old Jobs, and counting them again would show downloads that did not
+    happen."""
+
+    def __init__(self, since: datetime | None = None):
+        self.since = since or datetime.now().astimezone()
+        self._seen: set[str] = set()
+
+    def observe(self, job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] = ()) -> DownloadOutcome | None:
+        outcome = download_outcome(job, pods)
+        if outcome is None or outcome.uid in self._seen:
+            return None
+        self._seen.add(outcome.uid)
+        if outcome.finished_at < self.since:
+            return None
+        if outcome.succeeded:
+            if outcome.duration_seconds is not None:
+                DOWNLOAD_SECONDS.observe(outcome.duration_seconds)
+            if outcome.downloaded_bytes:
+                DOWNLOAD_BYTES.inc(outcome.downloaded_bytes)
+        else:
+            DOWNLOAD_FAILURES.inc()
+        return outcome
+
+    def forget_missing(self, live_uids: set[str]) -> None:
+        """Drop uids of Jobs that no longer exist, so the set does not grow without bound."""
+        self._seen &= live_uids
+
+
+class StateCollector(Collector):
+    """Per-object gauges computed from the controller's store on every scrape."""
+
+    def __init__(self, store: Any, recorder: DownloadRecorder):
+        self.store = store
+        self.recorder = recorder
+
+    def _snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        # The HTTP server thread reads while the event loop writes: copy the dicts first (one
+        # C-level call each, so no "changed size during iteration").
+        vllmds = list(dict(self.store.vllmds).values())
+        jobs = list(dict(self.store.children.get("Job", {})).values())
+        pods = list(dict(getattr(self.store, "pods", {})).values())
+        return vllmds, jobs, pods
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            vllmds, jobs, pods = self._snapshot()
+        except Exception:  # noqa: BLE001 - a metrics bug must never break /metrics
+            log.exception("state metrics: cannot read the store")
+            return
+        labels = [NS_LABEL, NAME_LABEL]
+        phase = GaugeMetricFamily("scibox_operator_vllmdeployment_phase",
+                                  "1 for the current status phase of each VLLMDeployment", labels=labels + ["phase"])
+        desired = GaugeMetricFamily("scibox_operator_vllmdeployment_desired_replicas",
+                                    "spec.replicas of each VLLMDeployment", labels=labels)
+        ready = GaugeMetricFamily("scibox_operator_vllmdeployment_ready_replicas",
+                                  "status.readyReplicas (replicas that answer requests) of each VLLMDeployment",
+                                  labels=labels)
+        for body in vllmds:
+            reading = read_deployment(body)
+            key = [reading.namespace, reading.name]
+            for p in PHASES:
+                phase.add_metric(key + [p], 1.0 if p == reading.phase else 0.0)
+            desired.add_metric(key, reading.desired_replicas)
+            ready.add_metric(key, reading.ready_replicas)
+        failed_pods = GaugeMetricFamily(
+            "scibox_operator_model_download_failed_pods",
+            "Failed pod attempts of each model download Job that still exists (status.failed)",
+            labels=[NS_LABEL, "download_job"])
+        live_uids: set[str] = set()
+        for job in jobs:
+            if not is_download_job(job):
+                continue
+            meta = job.get("metadata") or {}
+            live_uids.add(str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}"))
+            failed_pods.add_metric([str(meta.get("namespace", "")), str(meta.get("name", ""))],
+                                   _int((job.get("status") or {}).get("failed"), 0))
+            try:
+                self.recorder.observe(job, pods)
+            except Exception:  # noqa: BLE001
+                log.exception("state metrics: cannot record download Job %s", meta.get("name"))
+        self.recorder.forget_missing(live_uids)
+        yield from (phase, desired, ready, failed_pods)
+
+
+_state: dict[str, Any] = {}
+
+
+def register_state_collector(store: Any, queue: Any = None, *, registry: CollectorRegistry = REGISTRY,
+                             since: datetime | None = None) -> StateCollector:
+    """Export the controller's state: call once, after the Controller is built (main.startup).
+
+    `store` needs `.vllmds` ({key: VLLMDeployment body}) and `.children` ({kind: {key: body}}),
+    optionally `.pods`; `queue` needs `.depth()`. Calling again (tests, a restarted controller in
+    the same process) replaces the previous binding."""
+    old = _state.pop("collector", None)
+    if old is not None:
+        try:
+            _state["registry"].unregister(old)
+        except KeyError:
+            pass
+    collector = StateCollector(store, DownloadRecorder(since))
+    registry.register(collector)
+    _state.update(collector=collector, registry=registry)
+
+    def vllmds() -> list[dict[str, Any]]:
+        return list(dict(store.vllmds).values())
+
+    for p in PHASES:
+        DEPLOYMENTS_BY_PHASE.labels(phase=p).set_function(_phase_counter(vllmds, p))
+    if queue is not None:
+        QUEUE_DEPTH.set_function(queue.depth)
+    return collector
+
+
+def _phase_counter(vllmds: Callable[[], list[dict[str, Any]]], phase: str) -> Callable[[], float]:
+    return lambda: float(count_by_phase(vllmds())[phase])
+
