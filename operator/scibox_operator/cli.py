@@ -17,6 +17,7 @@ def render_manifests(body: dict[str, Any], *, config: dict | None = None, gpu_la
     """Everything the operator would create for `body`, without a cluster (GitOps previews)."""
     from .render.cache import render_cache_pvc, render_download_job
     from .render.deployment import render_deployment
+    from .render.leaderworkerset import render_leader_worker_set
     from .render.monitoring import render_service_monitor
     from .render.service import render_service
     from .serving import GpuNode, decide_serving_plan
@@ -28,8 +29,8 @@ def render_manifests(body: dict[str, Any], *, config: dict | None = None, gpu_la
                                cache_shared=vd.spec.cache.access_mode == "ReadWriteMany")
     out = [render_cache_pvc(vd, plan, [vd]), render_download_job(vd, plan, [vd])]
     if cache_complete:
-        out.append(render_deployment(vd, plan))
-    out.append(render_service(vd))
+        out.append(render_leader_worker_set(vd, plan) if plan.multi_node else render_deployment(vd, plan))
+    out.append(render_service(vd, multi_node=plan.multi_node))
     if vd.spec.monitoring.service_monitor:
         out.append(render_service_monitor(vd))
     return [m for m in out if m is not None]

@@ -26,6 +26,7 @@ from .probe import ReadinessSummary
 from .render.cache import render_cache_pvc, render_download_job
 from .render.common import MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL
 from .render.deployment import render_deployment
+from .render.leaderworkerset import INSTALL_HINT, render_leader_worker_set
 from .render.monitoring import render_service_monitor
 from .render.service import endpoint_url, render_service
 from .serving import (DEFAULT_VLLM_IMAGE, GpuNode, PlanFailure, ServingPlan, decide_serving_plan,
@@ -37,6 +38,14 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
 RWX_ANNOTATION = "scibox.io/access-modes"
+SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+LEADER_WORKER_SET_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
+WATCHED_CRDS = (SERVICE_MONITOR_CRD, LEADER_WORKER_SET_CRD)
+
+
+def crd_established(body: Any) -> bool:
+    return any(c.get("type") == "Established" and c.get("status") == "True"
+               for c in (body.get("status") or {}).get("conditions") or [])
 
 
 @dataclass
@@ -76,7 +85,15 @@ class Store:
     storage_classes: dict[str, dict[str, Any]] = field(default_factory=dict)
     pods: dict[Key, dict[str, Any]] = field(default_factory=dict)
     readiness: dict[Key, ReadinessSummary] = field(default_factory=dict)
-    service_monitor_crd: bool = False
+    established_crds: set[str] = field(default_factory=set)
+
+    @property
+    def service_monitor_crd(self) -> bool:
+        return SERVICE_MONITOR_CRD in self.established_crds
+
+    @property
+    def leader_worker_set_crd(self) -> bool:
+        return LEADER_WORKER_SET_CRD in self.established_crds
 
     def child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.children.get(kind, {}).get((namespace, name))
@@ -193,14 +210,15 @@ class Controller:
             self.store.nodes[gpu_node.name] = gpu_node
         for sc in (await self.client.request("GET", KINDS["StorageClass"].path()))["items"]:
             self.store.storage_classes[sc["metadata"]["name"]] = storage_class_summary(sc)
-        try:
-            crd = await self.client.request(
-                "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/servicemonitors.monitoring.coreos.com")
-            self.store.service_monitor_crd = any(c.get("type") == "Established" and c.get("status") == "True"
-                                                 for c in (crd.get("status") or {}).get("conditions") or [])
-        except ApiError as exc:
-            if exc.status not in (403, 404):
-                raise
+        for name in WATCHED_CRDS:
+            try:
+                crd = await self.client.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            except ApiError as exc:
+                if exc.status not in (403, 404):
+                    raise
+                continue
+            if crd_established(crd):
+                self.store.established_crds.add(name)
 
     def start(self) -> None:
         for i in range(self.settings.workers):
@@ -323,11 +341,12 @@ class Controller:
             elif not cache_state.complete and not cache_state.failed:
                 await self._ensure(job, replace_on_conflict=True)
 
-        deployment = render_deployment(vd, plan)
-        live_deployment = self.store.child("Deployment", vd.namespace, vd.name)
-        if cache_state.complete:
-            live_deployment = await self._ensure(deployment) or live_deployment
-        await self._ensure(render_service(vd))
+        live_workload = await self._ensure_workload(vd, plan, cache_state.complete)
+        if isinstance(live_workload, Failure):
+            await self._write_status(body, compute_status(vd, current=current_status, now=now, plan=plan,
+                                                          failure=live_workload))
+            return None
+        await self._ensure(render_service(vd, multi_node=plan.multi_node))
         monitor_name = vd.name
         if self.store.service_monitor_crd and vd.spec.monitoring.service_monitor:
             await self._ensure(render_service_monitor(vd))
@@ -336,10 +355,27 @@ class Controller:
 
         readiness = self.store.readiness.get(key) if self.probing else None
         status = compute_status(vd, current=current_status, now=now, plan=plan, cache=cache_state,
-                                deployment=live_deployment, readiness=readiness, endpoint=endpoint_url(vd),
+                                deployment=live_workload, readiness=readiness, endpoint=endpoint_url(vd),
                                 probing=self.probing)
         await self._write_status(body, status)
         return retry
+
+    async def _ensure_workload(self, vd: VLLMDeployment, plan: ServingPlan,
+                               cache_complete: bool) -> dict[str, Any] | Failure | None:
+        """The Deployment, or the LeaderWorkerSet when one replica spans nodes; the other kind
+        is removed when the plan switches. Nothing is rolled until the model is cached."""
+        kind, other = ("LeaderWorkerSet", "Deployment") if plan.multi_node else ("Deployment", "LeaderWorkerSet")
+        if plan.multi_node and not self.store.leader_worker_set_crd:
+            return Failure("LeaderWorkerSetMissing",
+                           f"the plan needs {plan.nodes} nodes per replica ({plan.parallelism_reason}); "
+                           f"{INSTALL_HINT}")
+        live = self.store.child(kind, vd.namespace, vd.name)
+        if cache_complete:
+            desired = render_leader_worker_set(vd, plan) if plan.multi_node else render_deployment(vd, plan)
+            live = await self._ensure(desired) or live
+            if self.store.child(other, vd.namespace, vd.name) is not None:
+                await self.client.delete(other, vd.namespace, vd.name)
+        return live
 
     # --- helpers ---------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 
 from . import GROUP, PLURAL, VERSION, metrics
-from .controller import Controller, Settings, _trim, storage_class_summary
+from .controller import WATCHED_CRDS, Controller, Settings, _trim, crd_established, storage_class_summary
 from .kube import KubeClient
 from .leader import LeaderElector
 from .prober import Prober
@@ -22,7 +22,6 @@ from .render.common import MANAGED_BY, MANAGED_BY_LABEL, SERVER
 from .serving import gpu_node_from_body
 
 log = logging.getLogger(__name__)
-SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 
 # The kinds the operator renders and therefore watches (only objects it labelled).
 CHILD_RESOURCES = {
@@ -31,6 +30,7 @@ CHILD_RESOURCES = {
     "Job": ("batch", "v1", "jobs"),
     "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
     "ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
+    "LeaderWorkerSet": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
 }
 OURS = {MANAGED_BY_LABEL: MANAGED_BY}
 
@@ -158,12 +158,12 @@ def storage_class_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo,
 
 
 @kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions",
-               when=lambda body, **_: body.get("metadata", {}).get("name") == SERVICE_MONITOR_CRD)
-def service_monitor_crd_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+               when=lambda body, **_: body.get("metadata", {}).get("name") in WATCHED_CRDS)
+def optional_crd_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """ServiceMonitor and LeaderWorkerSet support follow their CRDs appearing and going."""
     controller: Controller = memo.controller
-    established = event["type"] != "DELETED" and any(
-        c.get("type") == "Established" and c.get("status") == "True"
-        for c in (body.get("status") or {}).get("conditions") or [])
-    if established != controller.store.service_monitor_crd:
-        controller.store.service_monitor_crd = established
+    established = event["type"] != "DELETED" and crd_established(body)
+    crds = controller.store.established_crds
+    if established != (body.metadata.name in crds):
+        (crds.add if established else crds.discard)(body.metadata.name)
         controller.enqueue_all()

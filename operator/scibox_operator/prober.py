@@ -20,6 +20,7 @@ from . import metrics
 from .controller import Controller, Key
 from .probe import ProbeReason, ProbeResult, probe_endpoint, summarize_readiness
 from .render.deployment import CONTAINER_PORT
+from .render.service import LEADER_INDEX_LABEL
 from .spec import InvalidSpec, parse
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,9 @@ class Prober:
             vd = parse(body)
         except InvalidSpec:
             return
-        pods = [p for p in store.server_pods(key) if p["status"].get("podIP") and p["status"].get("phase") == "Running"]
+        # In a multi-node group only the leader (worker index 0) serves HTTP.
+        pods = [p for p in store.server_pods(key) if p["status"].get("podIP") and p["status"].get("phase") == "Running"
+                and p["metadata"]["labels"].get(LEADER_INDEX_LABEL, "0") == "0"]
         api_key = None
         if vd.spec.auth.api_key_secret_ref is not None:
             try:

@@ -29,10 +29,15 @@ class ServingPlan:
     cache_shared: bool  # one claim for every VLLMDeployment of this model+revision in the namespace
     cache_size: str
     image: str
+    nodes: int = 1  # pods per replica: more than one means a LeaderWorkerSet group
 
     @property
     def multi_node(self) -> bool:
-        return False
+        return self.nodes > 1
+
+    @property
+    def gpus_per_pod(self) -> int:
+        return self.gpus_per_replica // self.nodes
 
 
 def model_cache_key(vd: VLLMDeployment) -> str:
@@ -169,7 +174,10 @@ def decide_serving_plan(vd: VLLMDeployment, *, config: dict | None, safetensors_
         reason = f"set in the spec: tensor {tp} x pipeline {pp}"
         if facts is None and (tp_in == "auto" or pp_in == "auto"):
             reason = f"resources.gpus={gpus_in}: tensor {tp} x pipeline {pp}"
-        return ServingPlan(tp, pp, tp * pp, reason, claim, cache_shared, cache_size, image)
+        nodes = _nodes_for(tp, pp, gpus_per_node)
+        if nodes > 1:
+            reason += f", {nodes} nodes of {tp * pp // nodes} GPUs"
+        return ServingPlan(tp, pp, tp * pp, reason, claim, cache_shared, cache_size, image, nodes)
     if facts is None:
         raise PlanFailure("ModelConfigUnavailable",
                           "parallelism is auto but the model's config.json could not be read; "
@@ -193,7 +201,23 @@ def decide_serving_plan(vd: VLLMDeployment, *, config: dict | None, safetensors_
                           f"resources.gpus={gpus_in} but the plan needs {plan.gpus} "
                           f"(tensor {plan.tensor_parallel_size} x pipeline {plan.pipeline_parallel_size})")
     return ServingPlan(plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.gpus, plan.reason,
-                       claim, cache_shared, cache_size, image)
+                       claim, cache_shared, cache_size, image, max(1, plan.nodes))
+
+
+def _nodes_for(tp: int, pp: int, gpus_per_node: int) -> int:
+    """Nodes one replica spans: tensor parallelism stays inside a node (it needs NVLink-class
+    bandwidth), pipeline stages spread across nodes, as vLLM's multi-node guide says."""
+    gpus = tp * pp
+    if gpus_per_node <= 0 or gpus <= gpus_per_node:
+        return 1
+    if tp > gpus_per_node:
+        raise PlanFailure("TensorParallelExceedsNode",
+                          f"tensorParallelSize {tp} needs more GPUs than one node has ({gpus_per_node}); "
+                          "keep tensor parallelism within a node and use pipelineParallelSize across nodes")
+    nodes = -(-gpus // gpus_per_node)
+    while gpus % nodes or (gpus // nodes) % tp and tp % (gpus // nodes):
+        nodes += 1
+    return nodes
 
 
 def _gpu_type(vd: VLLMDeployment, candidates: list[GpuNode]):

@@ -80,7 +80,7 @@ def _node_affinity(vd: VLLMDeployment) -> dict[str, Any] | None:
 
 
 def _resources(vd: VLLMDeployment, plan: ServingPlan) -> dict[str, Any]:
-    limits: dict[str, Any] = {GPU_RESOURCE: str(plan.gpus_per_replica)}
+    limits: dict[str, Any] = {GPU_RESOURCE: str(plan.gpus_per_pod)}
     requests: dict[str, Any] = {}
     res = vd.spec.resources
     for key, value in (("cpu", res.cpu), ("memory", res.memory)):

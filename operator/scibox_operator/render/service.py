@@ -8,15 +8,22 @@ from ..spec import VLLMDeployment
 from .common import SERVER, metadata, selector_labels
 
 
-def render_service(vd: VLLMDeployment) -> dict[str, Any]:
+LEADER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+
+
+def render_service(vd: VLLMDeployment, *, multi_node: bool = False) -> dict[str, Any]:
+    """Multi-node groups serve the API from their leader only (worker index 0)."""
     svc = vd.spec.service
+    selector = selector_labels(vd, SERVER)
+    if multi_node:
+        selector[LEADER_INDEX_LABEL] = "0"
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata(vd, vd.name, SERVER),
         "spec": {
             "type": svc.type,
-            "selector": selector_labels(vd, SERVER),
+            "selector": selector,
             "ports": [{"name": "http", "port": svc.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
