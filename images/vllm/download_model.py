@@ -123,8 +123,11 @@ def read_marker(target: Path, repo_id: str, revision: str) -> dict | None:
         return None
     if marker.get("repo") != repo_id or marker.get("revision") != revision:
         return None
-    if not all((target / name).is_file() for name in marker.get("files", [])):
-        return None
+    sizes = marker.get("sizes") or {}
+    for name in marker.get("files", []):
+        path = target / name
+        if not path.is_file() or (name in sizes and path.stat().st_size != sizes[name]):
+            return None  # something changed the folder since: download again
     return marker
 
 
@@ -154,10 +157,19 @@ def download(repo_id: str, revision: str, target: Path, token: str | None, endpo
     started = time.monotonic()
     before = {p: p.stat().st_size for p in target.rglob("*") if p.is_file()} if target.exists() else {}
     api = HfApi(endpoint=endpoint, token=token or False)
-    info = api.model_info(repo_id, revision=revision)
+    info = api.model_info(repo_id, revision=revision, files_metadata=True)
     commit = info.sha
     names = [s.rfilename for s in (info.siblings or [])]
+    expected = {s.rfilename: s.size for s in (info.siblings or []) if s.size is not None}
     configs, _ = choose_files(names, None)  # validates there are weights before fetching anything
+
+    # huggingface_hub trusts a local file whose recorded commit matches; one whose size is wrong
+    # (truncated, edited) is removed here so it is fetched again.
+    for name in names:
+        path = target / name
+        if name in expected and path.is_file() and path.stat().st_size != expected[name]:
+            print(f"note: {name} has the wrong size, downloading it again", file=sys.stderr)
+            path.unlink()
 
     def fetch(files: list[str]) -> None:
         if files:
@@ -180,10 +192,13 @@ def download(repo_id: str, revision: str, target: Path, token: str | None, endpo
     if missing:
         raise DownloadError("failed", f"download finished but files are missing: {missing[:3]}")
     sizes = {f: (target / f).stat().st_size for f in files}
+    wrong = [f for f in files if f in expected and sizes[f] != expected[f]]
+    if wrong:
+        raise DownloadError("failed", f"downloaded files do not have the hub's sizes: {wrong[:3]}")
     downloaded = sum(size for f, size in sizes.items() if before.get(target / f) != size)
     marker = {
         "repo": repo_id, "revision": revision, "commit": commit, "endpoint": endpoint or "https://huggingface.co",
-        "files": files, "file_count": len(files), "bytes": sum(sizes.values()),
+        "files": files, "sizes": sizes, "file_count": len(files), "bytes": sum(sizes.values()),
         "duration_seconds": round(time.monotonic() - started, 3),
         "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -224,7 +239,7 @@ def main() -> int:
         report({"error": failure.kind, "message": failure.message, "exit_code": EXIT[failure.kind]}, termination_log)
         return EXIT[failure.kind]
 
-    compact = {k: v for k, v in summary.items() if k != "files"}
+    compact = {k: v for k, v in summary.items() if k not in ("files", "sizes")}
     print(json.dumps(compact, sort_keys=True), flush=True)
     report(compact, termination_log)
     return 0

@@ -92,6 +92,17 @@ def test_second_run_sends_no_request(hub, tmp_path):
     assert again["cached"] is True and again["downloaded_bytes"] == 0
 
 
+def test_a_damaged_folder_is_downloaded_again_despite_the_marker(hub, tmp_path):
+    cache = tmp_path / "cache"
+    first = summary_of(run(hub.endpoint, cache, MODEL_ID=TINY_REPO))
+    weights = Path(first["path"]) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # e.g. a disk problem truncated it
+    hub.clear_log()
+    again = summary_of(run(hub.endpoint, cache, MODEL_ID=TINY_REPO))
+    assert again["cached"] is False
+    assert weights.read_bytes() == hub.repos[TINY_REPO].files["model.safetensors"]
+
+
 def test_marker_for_another_revision_does_not_count(hub, tmp_path):
     cache = tmp_path / "cache"
     first = summary_of(run(hub.endpoint, cache, MODEL_ID=TINY_REPO))
