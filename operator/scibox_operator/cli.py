@@ -19,6 +19,7 @@ def render_manifests(body: dict[str, Any], *, config: dict | None = None, gpu_la
     from .render.deployment import render_deployment
     from .render.leaderworkerset import render_leader_worker_set
     from .render.monitoring import render_service_monitor
+    from .render.network_policy import render_network_policy
     from .render.service import render_service
     from .serving import GpuNode, decide_serving_plan
     from .spec import parse
@@ -31,6 +32,7 @@ def render_manifests(body: dict[str, Any], *, config: dict | None = None, gpu_la
     if cache_complete:
         out.append(render_leader_worker_set(vd, plan) if plan.multi_node else render_deployment(vd, plan))
     out.append(render_service(vd, multi_node=plan.multi_node))
+    out.append(render_network_policy(vd))
     if vd.spec.monitoring.service_monitor:
         out.append(render_service_monitor(vd))
     return [m for m in out if m is not None]

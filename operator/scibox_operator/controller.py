@@ -28,6 +28,7 @@ from .render.common import MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL
 from .render.deployment import render_deployment
 from .render.leaderworkerset import INSTALL_HINT, render_leader_worker_set
 from .render.monitoring import render_service_monitor
+from .render.network_policy import render_network_policy
 from .render.service import endpoint_url, render_service
 from .serving import (DEFAULT_VLLM_IMAGE, GpuNode, PlanFailure, ServingPlan, decide_serving_plan,
                       gpu_node_from_body)
@@ -347,6 +348,11 @@ class Controller:
                                                           failure=live_workload))
             return None
         await self._ensure(render_service(vd, multi_node=plan.multi_node))
+        policy = render_network_policy(vd)
+        if policy is not None:
+            await self._ensure(policy)
+        elif self.store.child("NetworkPolicy", vd.namespace, vd.name) is not None:
+            await self.client.delete("NetworkPolicy", vd.namespace, vd.name)
         monitor_name = vd.name
         if self.store.service_monitor_crd and vd.spec.monitoring.service_monitor:
             await self._ensure(render_service_monitor(vd))

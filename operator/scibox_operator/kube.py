@@ -56,6 +56,7 @@ KINDS = {k.kind: k for k in (
     Kind("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets"),
     Kind("scibox.io/v1alpha1", "VLLMDeployment", "vllmdeployments"),
     Kind("coordination.k8s.io/v1", "Lease", "leases"),
+    Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
     Kind("storage.k8s.io/v1", "StorageClass", "storageclasses", namespaced=False),
 )}
 

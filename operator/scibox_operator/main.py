@@ -31,6 +31,7 @@ CHILD_RESOURCES = {
     "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
     "ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
     "LeaderWorkerSet": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
 }
 OURS = {MANAGED_BY_LABEL: MANAGED_BY}
 

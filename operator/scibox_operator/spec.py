@@ -147,6 +147,12 @@ class Monitoring(_Model):
     interval: str = Field(default="30s", pattern=r"^[0-9]+(ms|s|m|h)$")
 
 
+class NetworkPolicySpec(_Model):
+    enabled: bool = False
+    allowed_namespaces: tuple[str, ...] = ()
+    allowed_pod_labels: dict[str, str] = {}
+
+
 class Rollout(_Model):
     strategy: Literal["Recreate", "RollingUpdate"] = "Recreate"
     startup_timeout_seconds: int = Field(default=1800, ge=60, le=86400)
@@ -167,6 +173,7 @@ class VLLMDeploymentSpec(_Model):
     service: ServiceSpec = ServiceSpec()
     auth: Auth = Auth()
     monitoring: Monitoring = Monitoring()
+    network_policy: NetworkPolicySpec = NetworkPolicySpec()
     rollout: Rollout = Rollout()
 
 

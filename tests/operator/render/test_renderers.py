@@ -158,3 +158,22 @@ def test_explicit_sizes_need_no_model_config():
     vd = parse(body(parallelism={"tensorParallelSize": 2, "pipelineParallelSize": 2}))
     plan = decide_serving_plan(vd, config=None, safetensors_index=None, nodes=[], cache_shared=False)
     assert (plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.gpus_per_replica) == (2, 2, 4)
+
+
+def test_network_policy_only_when_enabled_and_lets_the_operator_in():
+    from scibox_operator.render.network_policy import render_network_policy
+
+    assert render_network_policy(parse(body()), operator_namespace="ops") is None
+    vd = parse(body(networkPolicy={"enabled": True, "allowedNamespaces": ["web", "monitoring"],
+                                   "allowedPodLabels": {"role": "gateway"}}))
+    np = render_network_policy(vd, operator_namespace="ops")
+    rule = np["spec"]["ingress"][0]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    first, operator_peer = rule["from"]
+    assert first["namespaceSelector"]["matchExpressions"][0]["values"] == ["monitoring", "web"]
+    assert first["podSelector"] == {"matchLabels": {"role": "gateway"}}
+    assert operator_peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}
+    assert np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "m"
+    own = render_network_policy(parse(body(networkPolicy={"enabled": True})), operator_namespace="")
+    assert own["spec"]["ingress"][0]["from"] == [{"namespaceSelector": {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["ns"]}]}}]
