@@ -1,14 +1,16 @@
 {{/* Names and labels shared by every template. */}}
 
+{{/* Fixed, not overridable: the NetworkPolicy the operator puts in front of each model
+selects the operator's pods by app.kubernetes.io/name=scibox-vllm-operator. */}}
 {{- define "scibox.name" -}}
-{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- .Chart.Name }}
 {{- end }}
 
 {{- define "scibox.fullname" -}}
 {{- if .Values.fullnameOverride }}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
 {{- else }}
-{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- $name := .Chart.Name }}
 {{- if contains $name .Release.Name }}
 {{- .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- else }}

@@ -1,0 +1,85 @@
+"""The chart against the operator's own code: every kind it watches and writes is granted, and
+what its renderers expect of the operator's pods (labels, environment) is what the chart sets.
+A new child kind in the operator fails here before it fails on a cluster."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from .helmtool import ROOT, find, template
+from .test_chart_render import env_of, rules_by_resource
+
+pytestmark = pytest.mark.helm
+
+WRITE = {"list", "watch", "create", "patch"}
+
+
+def _group(api_version_group: str) -> str:
+    return api_version_group or ""
+
+
+def test_every_child_kind_the_operator_renders_is_granted():
+    from scibox_operator import main
+
+    rules = rules_by_resource(find(template(), "ClusterRole"))
+    for kind, (group, _version, plural) in main.CHILD_RESOURCES.items():
+        granted = rules.get((_group(group), plural), set())
+        assert WRITE <= granted, f"{kind}: the operator lists, watches and applies it; granted only {granted}"
+
+
+def test_every_kind_the_controller_deletes_may_be_deleted():
+    from scibox_operator import main
+
+    source = (ROOT / "operator" / "scibox_operator" / "controller.py").read_text()
+    deleted = set(re.findall(r'client\.delete\(\s*"(\w+)"', source))
+    if "_ensure_workload" in source:  # the workload kind not in use is deleted when the plan switches
+        deleted |= {"Deployment", "LeaderWorkerSet"}
+    assert deleted, "no deletes found: the scan is stale"
+    rules = rules_by_resource(find(template(), "ClusterRole"))
+    for kind in sorted(deleted):
+        group, _version, plural = main.CHILD_RESOURCES[kind]
+        assert "delete" in rules[(_group(group), plural)], f"the controller deletes {kind}"
+    never_deleted = set(main.CHILD_RESOURCES) - deleted
+    for kind in sorted(never_deleted):
+        group, _version, plural = main.CHILD_RESOURCES[kind]
+        assert "delete" not in rules[(_group(group), plural)], f"{kind} is never deleted by the operator"
+
+
+def test_model_network_policies_let_the_charts_operator_pods_in():
+    from scibox_operator.render.network_policy import render_network_policy
+    from scibox_operator.spec import parse
+
+    vd = parse({"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment",
+                "metadata": {"name": "m", "namespace": "team", "uid": "u", "generation": 1},
+                "spec": {"model": {"name": "org/model"}, "resources": {"gpus": 1},
+                         "networkPolicy": {"enabled": True}}})
+    docs = template(namespace="ops")
+    env = env_of(docs)
+    assert env["SCIBOX_OPERATOR_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    policy = render_network_policy(vd, operator_namespace="ops")
+    operator_peer = policy["spec"]["ingress"][0]["from"][-1]
+    pod_labels = find(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert operator_peer["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert operator_peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ops"}
+
+
+def test_pod_labels_are_not_the_operators_child_labels():
+    """The operator watches objects labelled managed-by=scibox-vllm-operator: its own
+    Deployment must not look like one of its children."""
+    from scibox_operator.render.common import MANAGED_BY, MANAGED_BY_LABEL
+
+    for doc in template():
+        assert doc["metadata"].get("labels", {}).get(MANAGED_BY_LABEL) != MANAGED_BY, doc["kind"]
+
+
+def test_every_setting_the_chart_sets_is_read_by_the_operator():
+    package = ROOT / "operator" / "scibox_operator"
+    read = set()
+    for path in package.rglob("*.py"):
+        read |= set(re.findall(r'"(SCIBOX_[A-Z_]+|POD_NAME)"', path.read_text()))
+    env = env_of(template({"replicaCount": 2, "operator": {"vllmImage": "x/y:1",
+                                                            "probe": {"allowedCIDRs": ["10.0.0.0/8"]}}}))
+    unread = {name for name in env if name.startswith("SCIBOX_") or name == "POD_NAME"} - read
+    assert not unread, f"the chart sets variables the operator never reads: {sorted(unread)}"
