@@ -139,7 +139,7 @@ def operator_panels() -> list[Panel]:
               [Target(f"sum by (result) (rate(scibox_operator_reconciles_total[{RATE}]))", "{{result}}")],
               unit="ops", key=True),
         Panel("Reconcile duration", "p50/p95/p99 of one reconcile pass.",
-              _quantile_targets("scibox_operator_reconcile_duration_seconds"), unit="s"),
+              _quantile_targets("scibox_operator_reconcile_duration_seconds"), unit="s", key=True),
         Panel("Kubernetes API requests and errors", "Requests the operator sends, and those that failed, "
               "by verb and status code.",
               [Target(f"sum by (verb) (rate(scibox_operator_api_requests_total[{RATE}]))", "{{verb}}"),
@@ -203,6 +203,11 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
         "targets": [{"datasource": DATASOURCE, "expr": t.expr, "legendFormat": t.legend,
                      "refId": chr(ord("A") + i), "range": True} for i, t in enumerate(panel.targets)],
     }
+
+
+def key_panel_titles() -> list[str]:
+    """The panels scripts/render_dashboard.py draws, in dashboard order."""
+    return [p.title for p in vllm_panels() + operator_panels() if p.key]
 
 
 def build_dashboard() -> dict[str, Any]:
