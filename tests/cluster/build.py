@@ -58,8 +58,11 @@ KUBERNETES = GoTool(
 ETCD = GoTool("etcd", ("etcd",), "go.etcd.io/etcd/server/v3", versions.ETCD, ("go.etcd.io/etcd/server/v3",))
 KWOK = GoTool("kwok", ("kwok",), "sigs.k8s.io/kwok", versions.KWOK, ("sigs.k8s.io/kwok/cmd/kwok",))
 HELM = GoTool("helm", ("helm",), "helm.sh/helm/v3", versions.HELM, ("helm.sh/helm/v3/cmd/helm",))
+# The LeaderWorkerSet controller-manager; its own go.mod (k8s.io v0.33, controller-runtime
+# v0.21) resolves as is. Its main package is the module's cmd/ directory.
+LWS = GoTool("lws", ("lws-controller-manager",), "sigs.k8s.io/lws", versions.LWS, ("sigs.k8s.io/lws/cmd",))
 
-ALL_TOOLS = (ETCD, KWOK, HELM, KUBERNETES)
+ALL_TOOLS = (ETCD, KWOK, HELM, KUBERNETES, LWS)
 
 
 def log(msg: str) -> None:

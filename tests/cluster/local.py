@@ -50,6 +50,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
              "provisioner")
 
+# Real runners (tests/cluster/runner.py) are started on demand, one per node, as processes
+# named RUNNER_PREFIX + node; `down` stops them first, with a grace long enough for their pods.
+RUNNER_PREFIX = "runner-"
+RUNNER_STOP_GRACE_S = 60.0
+
 # kube-apiserver's graceful shutdown waits for open watches to end (up to a minute); a few
 # seconds are plenty for a throwaway store, then it is killed.
 STOP_GRACE_S = {"kube-apiserver": 5.0}
@@ -252,7 +257,7 @@ class Cluster:
 
     def _spawn(self, process: str, argv: list[str]) -> int:
         env = _child_env()
-        if process == "provisioner":
+        if process == "provisioner" or process.startswith(RUNNER_PREFIX):
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         self.log_file(process).parent.mkdir(parents=True, exist_ok=True)
         self.pid_file(process).parent.mkdir(parents=True, exist_ok=True)
@@ -391,7 +396,18 @@ class Cluster:
         with self._lock():
             self._teardown()
 
+    def addon_processes(self) -> list[str]:
+        """Processes spawned into this cluster's state dir beyond PROCESSES (e.g. the LWS
+        controller of `lws.py`), known by their PID files."""
+        pids = self.state_dir / "pids"
+        found = pids.glob("*.pid") if pids.is_dir() else []
+        return sorted(p.stem for p in found if p.stem not in PROCESSES)
+
     def _teardown(self) -> None:
+        # Add-ons first: they are clients of the apiserver, and a webhook server must not
+        # outlive the state dir that holds its certificates.
+        for process in self.addon_processes():
+            self._stop(process)
         for process in reversed(PROCESSES):
             self._stop(process)
         # Processes that are not ours (a different state dir on the command line) are never
@@ -633,6 +649,34 @@ class Cluster:
                 started_by_session |= entry.read_text().startswith("started")
                 entry.unlink(missing_ok=True)
         return not live and started_by_session
+
+    # ---- real runners: nodes whose pods run as real processes (runner.py) ----------------
+    def runner_nodes(self) -> list[str]:
+        """Nodes with a runner PID file (live or not)."""
+        pids = self.state_dir / "pids"
+        return sorted(p.name[len(RUNNER_PREFIX):-len(".pid")]
+                      for p in pids.glob(f"{RUNNER_PREFIX}*.pid")) if pids.is_dir() else []
+
+    def start_runner(self, node: str, gpus: int = 2, taints: tuple[dict, ...] | None = None,
+                     timeout: float = 60.0) -> int:
+        """Start the real runner of `node` (no-op if it runs) and wait until the node is Ready.
+        A node missing from the cluster is registered by the runner, with `gpus` fake GPUs and
+        `taints` (default: the real-runner taint). Returns the runner's PID."""
+        process = RUNNER_PREFIX + node
+        pid = self.pid(process)
+        if pid is None:
+            taints = (node_shapes.REAL_RUNNER_TAINT,) if taints is None else taints
+            argv = [sys.executable, "-m", "tests.cluster.runner", f"--state-dir={self.state_dir}",
+                    f"--node={node}", f"--gpus={gpus}"]
+            argv += [f"--taint={t['key']}" + (f"={t['value']}" if t.get("value") else "")
+                     + f":{t['effect']}" for t in taints]
+            pid = self._spawn(process, argv)
+        self._wait(f"node {node} Ready", process, lambda: self._nodes_ready([node]), timeout)
+        return pid
+
+    def stop_runner(self, node: str, timeout: float = RUNNER_STOP_GRACE_S) -> None:
+        """SIGTERM the runner: it stops its pods' processes, then exits."""
+        self._stop(RUNNER_PREFIX + node, timeout)
 
     # ---- operations used by tests, benchmarks and the demo ------------------------------
     def restart_apiserver(self, timeout: float = 90.0, graceful: bool = True,

@@ -10,3 +10,5 @@ ETCD = "v3.6.16"
 KWOK = "v0.8.0"
 HELM = "v3.19.5"
 PROMETHEUS_OPERATOR = "v0.85.0"
+# LeaderWorkerSet (multi-node serving groups): the controller-manager and its CRD.
+LWS = "v0.7.0"
