@@ -549,6 +549,9 @@ def settings_from_env(
         try:
             values[name] = setting.parse(value, where)
         except ValueError as exc:
+            if name in ("VLLM_PORT", "VLLM_HOST") and re.match(r"(tcp|udp)://", str(value)):
+                exc = ValueError(f"{where} is {value!r}: Kubernetes injected it for a Service named 'vllm'; "
+                                 "set enableServiceLinks: false on the pod or rename that Service")
             errors.append(str(exc))
 
     fields: dict[str, Any] = {s.field: values[s.env] for s in SETTINGS_ENV if s.field and s.env in values}

@@ -153,6 +153,7 @@ def test_api_key_is_read_by_vllm_from_the_environment():
 BAD_ENV_CASES = [
     ({"MODEL_NAME": "/m", "VLLM_PORT": "eighty"}, "VLLM_PORT must be an integer"),
     ({"MODEL_NAME": "/m", "VLLM_PORT": "70000"}, "between 1 and 65535"),
+    ({"MODEL_NAME": "/m", "VLLM_PORT": "tcp://10.0.0.7:8000"}, "enableServiceLinks: false"),
     ({"MODEL_NAME": "/m", "TENSOR_PARALLEL_SIZE": "0"}, "TENSOR_PARALLEL_SIZE must be >= 1"),
     ({"MODEL_NAME": "/m", "GPU_MEMORY_UTILIZATION": "1.5"}, "must be in (0, 1]"),
     ({"MODEL_NAME": "/m", "GPU_MEMORY_UTILIZATION": "nan"}, "must be in (0, 1]"),
