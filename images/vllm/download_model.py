@@ -9,7 +9,7 @@ the same function the server side uses to find it), and only what vLLM loads:
 
 Environment: MODEL_ID (required, org/name), MODEL_REVISION (default main), CACHE_DIR (default
 /models), HF_TOKEN (gated/private repos; never printed), HF_ENDPOINT (mirror), DOWNLOAD_MAX_WORKERS
-(default 4), TERMINATION_LOG (default /dev/termination-log).
+(default 4), TERMINATION_LOG (default /dev/termination-log, used when it exists and is writable).
 
 Idempotent and resumable: configs are fetched before weights; files completed by an interrupted
 run are kept and not fetched again (huggingface_hub's local_dir metadata), a connection cut
@@ -137,7 +137,9 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def report(line: dict, termination_log: str) -> None:
+def report(line: dict, termination_log: str | None) -> None:
+    if termination_log is None:
+        return
     text = json.dumps(line, sort_keys=True)
     try:
         with open(termination_log, "w") as handle:  # k8s keeps at most 4096 bytes of it
@@ -207,7 +209,9 @@ def download(repo_id: str, revision: str, target: Path, token: str | None, endpo
 
 
 def main() -> int:
-    termination_log = os.environ.get("TERMINATION_LOG", "/dev/termination-log")
+    # Kubernetes creates /dev/termination-log in every container; elsewhere it is not invented.
+    termination_log = os.environ.get("TERMINATION_LOG") or (
+        "/dev/termination-log" if os.access("/dev/termination-log", os.W_OK) else None)
     token = os.environ.get("HF_TOKEN") or None
     try:
         repo_id = (os.environ.get("MODEL_ID") or "").strip()

@@ -228,3 +228,11 @@ def test_choose_files_falls_back_to_bin_and_refuses_repos_without_weights():
     with pytest.raises(downloader.DownloadError) as info:
         downloader.choose_files(["config.json", "model.gguf"], None)
     assert info.value.kind == "no_weights" and "model.gguf" in info.value.message
+
+
+def test_no_termination_log_is_invented_outside_kubernetes(hub, tmp_path):
+    default = Path("/dev/termination-log")
+    if default.exists():
+        pytest.skip("this machine has a /dev/termination-log")
+    summary_of(run(hub.endpoint, tmp_path / "cache", MODEL_ID=TINY_REPO, TERMINATION_LOG=""))
+    assert not default.exists()
