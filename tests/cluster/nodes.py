@@ -78,6 +78,20 @@ class NodeShape:
         return dict(sorted(labels.items()))
 
 
+# Carried by nodes a real runner owns: only pods that tolerate it (and so ask to run for real)
+# land there, never a simulated workload that happens to fit.
+REAL_RUNNER_TAINT = {"key": REAL_RUNNER_LABEL, "value": "true", "effect": "NoSchedule"}
+REAL_RUNNER_TOLERATION = {"key": REAL_RUNNER_LABEL, "operator": "Equal", "value": "true",
+                          "effect": "NoSchedule"}
+
+
+def real_runner_node(name: str = "real-node-0", gpus: int = 2) -> NodeShape:
+    """A node for `tests/cluster/runner.py`: kwok leaves it alone, fake H100s so GPU pods fit,
+    tainted so that only pods tolerating REAL_RUNNER_TOLERATION are placed on it."""
+    return NodeShape(name, cpu="2", memory="16Gi", gpus=gpus, labels=dict(H100_LABELS),
+                     taints=(dict(REAL_RUNNER_TAINT),), real_runner=True)
+
+
 def default_nodes() -> list[NodeShape]:
     """Two 8-GPU H100 nodes and one CPU-only node."""
     return [

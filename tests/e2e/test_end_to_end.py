@@ -1,0 +1,190 @@
+"""apply -> download -> serve -> probe -> metrics -> delete, on real processes.
+
+The operator (a real process) reconciles a VLLMDeployment on a local cluster (real apiserver,
+scheduler, controllers); the node it lands on is owned by the real runner, so the download Job
+runs the real `download_model.sh` against the local hub mirror into the PV's folder, and the
+Deployment's pod is the real vLLM CPU server on its pod IP. Nothing is mocked.
+
+Timings (apply -> Ready and its stages) are printed, not asserted.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import API, vllmd_body
+from tests.fixtures.hub import TINY_REPO
+
+pytestmark = [pytest.mark.cluster, pytest.mark.vllm, pytest.mark.slow]
+
+API_KEY = "e2e-secret-key"
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_json(url: str, payload: dict | None = None, headers: dict | None = None, timeout: float = 60) -> dict:
+    data = json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    with NO_PROXY.open(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def job_of(e2e, ns: str) -> dict | None:
+    jobs = e2e.rest.get(f"/apis/batch/v1/namespaces/{ns}/jobs")["items"]
+    return jobs[0] if jobs else None
+
+
+def job_condition(job: dict | None, type_: str) -> dict | None:
+    return next((c for c in ((job or {}).get("status") or {}).get("conditions") or []
+                 if c["type"] == type_ and c["status"] == "True"), None)
+
+
+def test_missing_model_fails_the_download_at_once(e2e_cluster, e2e_operator, e2e_namespace, hub_mirror):
+    e2e, ns = e2e_cluster, e2e_namespace
+    body = vllmd_body("ghost", "scibox/no-such-model", hub_mirror.endpoint)
+    e2e.rest.create(f"{API}/namespaces/{ns}/vllmdeployments", body)
+
+    failed = e2e.wait_for("the download Job to fail", lambda: job_condition(job_of(e2e, ns), "Failed"),
+                          timeout=120, ns=ns)
+    job = job_of(e2e, ns)
+    # download_model.sh exited with not_found (3), a permanent error: the pod failure policy
+    # fails the Job on the first attempt instead of retrying with back-off.
+    assert failed["reason"] == "PodFailurePolicy", failed
+    assert job["status"].get("failed") == 1 and not job["status"].get("succeeded")
+    pod = next(p for p in e2e.pods(ns) if p["metadata"]["labels"].get("job-name") == job["metadata"]["name"])
+    assert pod["status"]["phase"] == "Failed"
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 3, terminated
+    assert "not_found" in terminated.get("message", ""), terminated  # from the termination log
+
+    cached = e2e.wait_for("ModelCached=False/DownloadFailed", lambda: (lambda c: c if c and c["reason"] ==
+                          "DownloadFailed" else None)(e2e.condition(ns, "ghost", "ModelCached")), timeout=60, ns=ns)
+    assert cached["status"] == "False"
+    status = e2e.vllmd(ns, "ghost")["status"]
+    assert status["phase"] == "Failed", status
+    # No server was ever created for a model that is not there.
+    assert e2e.rest.get_or_none(f"/apis/apps/v1/namespaces/{ns}/deployments/ghost") is None
+    assert not e2e.pod_processes()
+
+
+def test_apply_download_serve_probe_metrics_delete(e2e_cluster, e2e_operator, e2e_namespace, hub_mirror, tmp_path):
+    e2e, ns = e2e_cluster, e2e_namespace
+    e2e.rest.create(f"/api/v1/namespaces/{ns}/secrets", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tiny-key"},
+        "data": {"api-key": base64.b64encode(API_KEY.encode()).decode()}})
+    body = vllmd_body("tiny", TINY_REPO, hub_mirror.endpoint, api_key_secret="tiny-key")
+
+    marks: dict[str, float] = {}
+    applied = time.monotonic()
+    e2e.rest.create(f"{API}/namespaces/{ns}/vllmdeployments", body)
+
+    # 1. The Job downloads the model into the PVC's folder (hostPath PV from the provisioner).
+    e2e.wait_for("the download Job to complete", lambda: job_condition(job_of(e2e, ns), "Complete"),
+                 timeout=180, ns=ns)
+    marks["job_complete"] = time.monotonic() - applied
+    pvc_name = e2e.vllmd(ns, "tiny")["status"]["cacheClaim"]
+    pvc = e2e.rest.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{pvc_name}")
+    pv = e2e.rest.get(f"/api/v1/persistentvolumes/{pvc['spec']['volumeName']}")
+    volume = Path(pv["spec"]["hostPath"]["path"])
+    model_dir = volume / "scibox--tiny-llama" / "main"
+    assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
+    assert not (model_dir / "pytorch_model.bin").exists()  # duplicates are skipped
+
+    # 2. The Deployment's pod runs the real vLLM server on its own loopback pod IP.
+    pod = e2e.wait_for("the server pod to run", lambda: next(
+        (p for p in e2e.pods(ns, "app.kubernetes.io/component=server")
+         if p["status"].get("phase") == "Running"), None), timeout=180, ns=ns)
+    marks["server_pod_running"] = time.monotonic() - applied
+    pod_ip = pod["status"]["podIP"]
+    assert pod_ip.startswith("127.200."), pod_ip
+    assert pod["spec"]["nodeName"] == e2e.node
+
+    # 3. The operator's own probe (health, models with the API key, one completion) says Serving.
+    ready = e2e.wait_for("Ready=True/Serving", lambda: (lambda c: c if c and c["status"] == "True" else None)(
+        e2e.condition(ns, "tiny", "Ready")), timeout=600, ns=ns, every=1.0)
+    marks["ready"] = time.monotonic() - applied
+    assert ready["reason"] == "Serving", ready
+    status = e2e.vllmd(ns, "tiny")["status"]
+    assert status["phase"] == "Ready" and status["readyReplicas"] == 1, status
+    cached = e2e.condition(ns, "tiny", "ModelCached")
+    assert cached["status"] == "True" and cached["reason"] == "Downloaded"
+    pod = e2e.rest.get(f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}")
+    assert any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"]["conditions"])
+    print(f"\napply -> Ready: {marks['ready']:.1f}s (job complete {marks['job_complete']:.1f}s, "
+          f"server pod running {marks['server_pod_running']:.1f}s)")
+
+    # 4. A client gets a completion; without the key it is refused.
+    base = f"http://{pod_ip}:8000"
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    completion = http_json(f"{base}/v1/completions", {"model": "tiny", "prompt": "hello world",
+                                                      "max_tokens": 8, "temperature": 0}, headers)
+    assert completion["choices"][0]["text"] and completion["usage"]["completion_tokens"] >= 1, completion
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        http_json(f"{base}/v1/completions", {"model": "tiny", "prompt": "hello", "max_tokens": 1})
+    assert refused.value.code == 401
+
+    # 5. A real Prometheus scrapes the pod and sees vLLM's series, the completion counted.
+    prometheus = shutil.which("prometheus")
+    if prometheus:
+        port = free_port()
+        (tmp_path / "prometheus.yml").write_text(json.dumps({
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "scrape_configs": [{"job_name": "vllm", "static_configs": [{"targets": [f"{pod_ip}:8000"]}]}],
+        }))
+        prom = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                 f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"))
+        try:
+            def query(q: str) -> list:
+                try:
+                    return http_json(f"http://127.0.0.1:{port}/api/v1/query?query={urllib.request.quote(q)}",
+                                     timeout=5)["data"]["result"]
+                except OSError:
+                    return []
+            series = e2e.wait_for("vllm: series in Prometheus", lambda: query('{__name__=~"vllm:.+"}'),
+                                  timeout=60, ns=ns)
+            names = {s["metric"]["__name__"] for s in series}
+            assert {"vllm:num_requests_running", "vllm:generation_tokens_total"} <= names, sorted(names)
+            tokens = query("sum(vllm:generation_tokens_total)")
+            assert tokens and float(tokens[0]["value"][1]) >= 8, tokens
+        finally:
+            prom.terminate()
+            prom.wait(timeout=30)
+    else:
+        print("prometheus not installed: metrics step skipped")
+
+    # 6. Delete: the operator's children go (garbage collector), the runner stops the processes.
+    assert e2e.pod_processes(), "the server's processes should be running before the delete"
+    deleted = time.monotonic()
+    e2e.rest.delete(f"{API}/namespaces/{ns}/vllmdeployments/tiny")
+    e2e.wait_for("every pod to be gone", lambda: not e2e.pods(ns), timeout=180, ns=ns)
+    e2e.wait_for("no process left", lambda: not e2e.pod_processes(), timeout=60, ns=ns)
+    assert not port_open(pod_ip, 8000)
+    for kind in ("apps/v1/namespaces/{ns}/deployments", "batch/v1/namespaces/{ns}/jobs"):
+        path = "/apis/" + kind.format(ns=ns)
+        e2e.wait_for(f"{path} to be empty", lambda: not e2e.rest.get(path)["items"], timeout=60, ns=ns)
+    # deletionPolicy Delete: the claim goes too, and with it the provisioner's folder.
+    e2e.wait_for("the model cache folder to be removed", lambda: not volume.exists(), timeout=120, ns=ns)
+    print(f"delete -> nothing left: {time.monotonic() - deleted:.1f}s")
