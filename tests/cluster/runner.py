@@ -24,7 +24,9 @@ How a container maps onto this host (a pod's filesystem view is emulated by rewr
   emptyDir a per-pod folder (medium Memory: under /dev/shm), a hostPath itself, Secret and
   ConfigMap volumes folders holding their keys. Any argument, `--flag=value` or environment
   value that names a path under a mount path is rewritten to the host folder; `/tmp` as a
-  mount also becomes TMPDIR. Host paths must lie inside the cluster's state dir;
+  mount also becomes TMPDIR, through a short symlink under /tmp/scibox-runner (vLLM puts its
+  ZMQ unix sockets there, and a socket path may not exceed 107 bytes). Host paths of PVs and
+  hostPath volumes must lie inside the cluster's state dir;
 * env: value, valueFrom (secretKeyRef, configMapKeyRef, fieldRef), envFrom and `$(VAR)`
   references resolve as in Kubernetes; TERMINATION_LOG names the container's termination-log
   file (the `/dev/termination-log` of a real pod, read back into the terminated state).
@@ -115,6 +117,7 @@ NODE_STATUS_SECONDS = 60.0
 BACKOFF_START_S, BACKOFF_MAX_S = 10.0, 300.0
 START_ERROR_EXIT = 128
 TICK_S = 0.5
+SHORT_TMP_ROOT = Path("/tmp/scibox-runner")
 
 
 class StartError(Exception):
@@ -334,6 +337,53 @@ def egress_violations(argv: list[str], env: dict[str, str]) -> list[str]:
             if not loopback:
                 bad.append(f"{where}: {url}")
     return bad
+
+
+def host_command(container: dict, pod: dict, *, pod_ip: str, host_ip: str, mounts: list[tuple[str, str]],
+                 python: str, scratch: str, termination_file: str,
+                 secret: Callable[[str], dict[str, str] | None],
+                 config_map: Callable[[str], dict[str, str] | None],
+                 markers: dict[str, str] | None = None,
+                 short_tmp: str | None = None) -> tuple[list[str], dict[str, str], str]:
+    """How one container runs here: (argv, environment, working directory). Pure but for the
+    `secret`/`config_map` lookups. `mounts` pairs container paths with host folders; `scratch`
+    stands for the container's own root filesystem (HOME and the working directory when the
+    pod sets neither). `short_tmp`, a short alias (symlink) of the /tmp mount's folder, is the
+    TMPDIR: vLLM makes its ZMQ unix sockets there, and a socket path may not exceed 107 bytes,
+    which the state dir's deep folders would."""
+    own = resolve_env(container, pod, pod_ip=pod_ip, host_ip=host_ip, secret=secret, config_map=config_map)
+    argv = [expand_references(a, own) for a in (container.get("command") or []) + (container.get("args") or [])]
+    if not argv:
+        raise StartError("the container sets no command: the image's entrypoint is not emulated")
+    env = {
+        "PATH": os.pathsep.join([str(Path(python).parent), "/usr/local/sbin", "/usr/local/bin",
+                                 "/usr/sbin", "/usr/bin", "/sbin", "/bin"]),
+        "HOSTNAME": pod["metadata"]["name"],
+        "LANG": "C.UTF-8",
+        "HOME": "/",
+        **IMAGE_ENV,
+        # The image's VLLM_PYTHON=python3, i.e. the venv's interpreter here.
+        "VLLM_PYTHON": python,
+    }
+    env.update(own)
+    argv, env = adapt_for_this_host(argv, env, pod_ip)
+    env = {k: rewrite_value(v, mounts) for k, v in env.items()}
+    if env.get("HOME") == "/":
+        env["HOME"] = scratch
+    tmp = map_path("/tmp", mounts)
+    if tmp is not None:
+        env.setdefault("TMPDIR", short_tmp or tmp)
+    env["TERMINATION_LOG"] = termination_file
+    env.update(markers or {})
+    argv = [resolve_executable(argv[0], python)] + [rewrite_value(a, mounts) for a in argv[1:]]
+    violations = egress_violations(argv, env)
+    if violations:
+        raise StartError("refused: traffic would leave 127.0.0.0/8 (" + "; ".join(violations) + ")")
+    workdir = container.get("workingDir")
+    cwd = rewrite_value(workdir, mounts) if workdir else scratch
+    if workdir and cwd == workdir:
+        raise StartError(f"workingDir {workdir} is not inside a mount or the image")
+    return argv, env, cwd
 
 
 def termination_message(written: str, log_tail: str, exit_code: int, policy: str) -> str:
@@ -825,47 +875,28 @@ class PodWorker(threading.Thread):
     def command_for(self, c: Container) -> tuple[list[str], dict[str, str], str]:
         """argv, environment and working directory of a container on this host."""
         assert self.mounts is not None
-        pod = self.pod
-        mounts = self.mounts[c.name]
-        own = resolve_env(c.spec, pod, pod_ip=self.ip, host_ip=self.runner.node_ip,
-                          secret=lambda n: self.runner.secret_data(pod["metadata"]["namespace"], n),
-                          config_map=lambda n: self.runner.config_map_data(pod["metadata"]["namespace"], n))
-        command = [expand_references(a, own) for a in c.spec.get("command") or []]
-        args = [expand_references(a, own) for a in c.spec.get("args") or []]
-        argv = command + args
-        if not argv:
-            raise StartError("the container sets no command: the image's entrypoint is not emulated")
+        ns = self.pod["metadata"]["namespace"]
         scratch = self.dir / "scratch" / c.name
         scratch.mkdir(parents=True, exist_ok=True)
-        env = {
-            "PATH": os.pathsep.join([str(Path(self.runner.python).parent), "/usr/local/sbin",
-                                     "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]),
-            "HOSTNAME": pod["metadata"]["name"],
-            "LANG": "C.UTF-8",
-            "HOME": "/",
-            **IMAGE_ENV,
-            # The image's VLLM_PYTHON=python3, i.e. the venv's interpreter here.
-            "VLLM_PYTHON": self.runner.python,
-        }
-        env.update(own)
-        argv, env = adapt_for_this_host(argv, env, self.ip)
-        env = {k: rewrite_value(v, mounts) for k, v in env.items()}
-        if env.get("HOME") == "/":
-            env["HOME"] = str(scratch)
-        tmp = map_path("/tmp", mounts)
-        if tmp is not None:
-            env.setdefault("TMPDIR", tmp)
-        env["TERMINATION_LOG"] = str(self._termination_file(c))
-        env.update({MARK_STATE: str(self.runner.state_dir), MARK_NODE: self.runner.node, MARK_POD: self.uid})
-        argv = [resolve_executable(argv[0], self.runner.python)] + [rewrite_value(a, mounts) for a in argv[1:]]
-        violations = egress_violations(argv, env)
-        if violations:
-            raise StartError("refused: traffic would leave 127.0.0.0/8 (" + "; ".join(violations) + ")")
-        workdir = c.spec.get("workingDir")
-        cwd = rewrite_value(workdir, mounts) if workdir else str(scratch)
-        if workdir and cwd == workdir:
-            raise StartError(f"workingDir {workdir} is not inside a mount or the image")
-        return argv, env, cwd
+        return host_command(
+            c.spec, self.pod, pod_ip=self.ip, host_ip=self.runner.node_ip, mounts=self.mounts[c.name],
+            python=self.runner.python, scratch=str(scratch), termination_file=str(self._termination_file(c)),
+            secret=lambda n: self.runner.secret_data(ns, n), config_map=lambda n: self.runner.config_map_data(ns, n),
+            markers={MARK_STATE: str(self.runner.state_dir), MARK_NODE: self.runner.node, MARK_POD: self.uid},
+            short_tmp=self._short_tmp(c))
+
+    def _short_tmp(self, c: Container) -> str | None:
+        """A short symlink to the folder of the container's /tmp mount (see host_command)."""
+        target = map_path("/tmp", self.mounts[c.name]) if self.mounts else None
+        if target is None:
+            return None
+        index = self.containers.index(c) if c in self.containers else 0
+        link = SHORT_TMP_ROOT / f"{self.uid[:13]}-{index}"
+        SHORT_TMP_ROOT.mkdir(parents=True, exist_ok=True)
+        if not (link.is_symlink() and os.readlink(link) == target):
+            link.unlink(missing_ok=True)
+            link.symlink_to(target, target_is_directory=True)
+        return str(link)
 
     def _start(self, c: Container) -> None:
         c.restart_at = None
@@ -1062,6 +1093,8 @@ class PodWorker(threading.Thread):
         self._cleanup()
 
     def _cleanup(self) -> None:
+        for link in SHORT_TMP_ROOT.glob(f"{self.uid[:13]}-*"):
+            link.unlink(missing_ok=True)
         shutil.rmtree(self.dir / "volumes", ignore_errors=True)
         shutil.rmtree(self.dir / "scratch", ignore_errors=True)
         shutil.rmtree(Path("/dev/shm") / f"scibox-runner-{self.uid}", ignore_errors=True)
