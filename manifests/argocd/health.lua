@@ -5,6 +5,10 @@
 --   Progressing  not yet observed, planning, downloading, pods starting, vLLM loading the model
 --   Degraded     Failed, or replicas that will not heal by waiting (crashed engine, wrong API key,
 --                model missing, completions failing)
+-- Argo CD gives health scripts no `string` library unless argocd-cm sets
+-- resource.customizations.useOpenLibs.scibox.io_VLLMDeployment: "true" (argocd-cm-health.yaml
+-- does). Without it, a model with some replicas serving and others still loading shows Degraded
+-- instead of Progressing: telling the two apart needs the Ready message's breakdown.
 local hs = {}
 
 local function condition(status, kind)
@@ -24,7 +28,7 @@ local waiting_reasons = { Loading = true, Pending = true, WaitingForModelCache =
 
 -- "1/2 replicas serving (1 Loading)": true when every replica not serving is only loading.
 local function only_loading(message)
-  if message == nil then
+  if message == nil or string == nil then
     return false
   end
   local breakdown = string.match(message, "%(([^()]*)%)")

@@ -1,18 +1,23 @@
-"""manifests/argocd/health.lua run by a real Lua 5.1 interpreter on statuses the operator itself
-computes (scibox_operator.status.compute_status, probe.summarize_readiness): a change in the
-operator's phases, reasons or messages that the health check misreads fails here."""
+"""manifests/argocd/health.lua run by real Lua interpreters (Debian's Lua 5.1, and gopher-lua,
+the one inside Argo CD) on statuses the operator itself computes
+(scibox_operator.status.compute_status, probe.summarize_readiness): a change in the operator's
+phases, reasons or messages that the health check misreads fails here."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 import yaml
 
-from .argocd import ARGOCD, health, lua_binary, to_lua
+from .argocd import ARGOCD, go_binary, health, lua_binary, to_lua
 
-pytestmark = pytest.mark.skipif(lua_binary() is None, reason="needs a Lua interpreter (apt-get install lua5.1)")
+RUNTIMES = [
+    pytest.param("lua5.1", marks=pytest.mark.skipif(lua_binary() is None, reason="apt-get install lua5.1")),
+    pytest.param("gopher", marks=pytest.mark.skipif(go_binary() is None, reason="needs the Go toolchain")),
+]
+# Argo CD's default sandbox has no string library: these cases then fall back (see health.lua).
+WITHOUT_STRING_LIBRARY = {"scaling-up": "Degraded"}
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 
@@ -94,13 +99,17 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("open_libs", [True, False], ids=["open-libs", "default-sandbox"])
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_health_follows_the_operators_status(name):
+def test_health_follows_the_operators_status(name, runtime, open_libs):
     factory, expected, phase = CASES[name]
+    if not open_libs:
+        expected = WITHOUT_STRING_LIBRARY.get(name, expected)
     obj = factory()
     if phase is not None:
         assert obj["status"]["phase"] == phase, "the operator's phase for this case changed"
-    status, message = health(obj)
+    status, message = health(obj, runtime=runtime, open_libs=open_libs)
     assert status == expected, (obj.get("status"), message)
     assert message, "Argo CD shows the message next to the status"
 
@@ -124,13 +133,22 @@ def test_unknown_phase_is_progressing_not_an_error():
     assert health(obj)[0] == "Progressing"
 
 
-def test_argo_style_test_cases_in_testdata():
-    """manifests/argocd/health_test.yaml, in Argo CD's resource_customizations format."""
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_argo_style_test_cases_in_testdata(runtime):
+    """manifests/argocd/health_test.yaml, in Argo CD's resource_customizations format, with the
+    libraries argocd-cm-health.yaml turns on."""
     spec = yaml.safe_load((ARGOCD / "health_test.yaml").read_text())
     assert spec["tests"]
     for case in spec["tests"]:
         obj = yaml.safe_load((ARGOCD / case["inputPath"]).read_text())
-        assert health(obj) == (case["healthStatus"]["status"], case["healthStatus"]["message"]), case["inputPath"]
+        assert health(obj, runtime=runtime) == (case["healthStatus"]["status"], case["healthStatus"]["message"]), \
+            case["inputPath"]
+
+
+def test_argocd_config_turns_on_the_libraries_the_script_needs():
+    cm = yaml.safe_load((ARGOCD / "argocd-cm-health.yaml").read_text())
+    assert cm["data"]["resource.customizations.useOpenLibs.scibox.io_VLLMDeployment"] == "true"
+    assert cm["data"]["resource.customizations.health.scibox.io_VLLMDeployment"] == (ARGOCD / "health.lua").read_text()
 
 
 def test_testdata_is_what_the_operator_writes():
@@ -147,20 +165,29 @@ TESTDATA = {"serving": "healthy.yaml", "scaling-up": "progressing.yaml", "downlo
             "engine-down": "degraded-engine-down.yaml", "downloading": "progressing-download.yaml"}
 
 
-def test_a_script_error_is_reported_not_swallowed(tmp_path):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_script_error_is_reported_not_swallowed(runtime, tmp_path):
     broken = tmp_path / "broken.lua"
-    broken.write_text("return os.getenv('HOME')\n")  # Argo CD gives health scripts no os library
+    broken.write_text("return {status = os.getenv('HOME')}\n")  # no os library in Argo CD's sandbox
     with pytest.raises(RuntimeError, match="health.lua failed"):
-        health(body(), script=broken)
+        health(body(), script=broken, runtime=runtime, open_libs=False)
+    strings = tmp_path / "strings.lua"
+    strings.write_text('return {status = ("Healthy"):lower()}\n')  # nor string methods
+    with pytest.raises(RuntimeError, match="health.lua failed"):
+        health(body(), script=strings, runtime=runtime, open_libs=False)
+    assert health(body(), script=strings, runtime=runtime, open_libs=True) == ("Unknown",
+                                                                               "Lua returned an invalid health status")
 
 
-def test_lua_literals_round_trip_awkward_strings(tmp_path):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_objects_reach_lua_intact(runtime, tmp_path):
     value = {"message": 'quote " backslash \\ newline \n tab \t unicode \u00e9 end', "n": [1, 2.5, True],
              "absent": None}
     script = tmp_path / "echo.lua"
     script.write_text('return {status = "Healthy", message = obj.message .. "|" .. tostring(obj.n[2]) .. "|" '
                       '.. tostring(#obj.n) .. "|" .. tostring(obj.absent)}\n')
-    assert health(value, script=script) == ("Healthy", value["message"] + "|2.5|3|nil")
+    assert health(value, script=script, runtime=runtime) == ("Healthy", value["message"] + "|2.5|3|nil")
+    assert to_lua(None) == "nil" and to_lua([]) == "{}"
 
 
 def write_testdata() -> None:  # pragma: no cover - run by hand: python -m tests.charts.test_argocd_health
