@@ -51,7 +51,7 @@ def crd_established(body: Any) -> bool:
 
 @dataclass
 class Settings:
-    workers: int = int(os.environ.get("SCIBOX_WORKERS", "8"))
+    workers: int = int(os.environ.get("SCIBOX_WORKERS", "16"))
     resync_seconds: float = float(os.environ.get("SCIBOX_RESYNC_SECONDS", "600"))
     vllm_image: str = DEFAULT_VLLM_IMAGE
     hub_endpoint: str = os.environ.get("SCIBOX_HUB_ENDPOINT", "https://huggingface.co")
@@ -189,6 +189,7 @@ class Controller:
         self.probing = False  # set by the Prober when it runs
         self._tasks: list[asyncio.Task[None]] = []
         self._secret_cache: dict[tuple[str, str, str], tuple[float, str | None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -324,40 +325,35 @@ class Controller:
             await self._write_status(body, compute_status(vd, current=current_status, now=now, failure=failure))
             return retry
 
-        # The model cache first: the GPU Deployment waits until the weights are on the volume.
+        # The GPU workload waits until the weights are on the volume; every other child is
+        # independent, so they are written concurrently (one round trip, not six).
         owners = self._cache_users(vd, plan)
         cache_state = CacheState(True, reason="ModelOnVolume", message=f"model read from claim {plan.cache_claim}")
-        pvc = render_cache_pvc(vd, plan, owners)
-        if pvc is not None:
-            await self._ensure(pvc)
         job = render_download_job(vd, plan, owners)
         if job is not None:
-            live_job = self.store.child("Job", vd.namespace, job["metadata"]["name"])
-            cache_state = CacheState.from_job(live_job)
-            if cache_state.failed and needs_apply(job, live_job):
-                # A failed download retries only when its inputs changed (token, mirror, ...):
-                # the old Job goes, and its deletion event brings the next pass that recreates it.
-                await self.client.delete("Job", vd.namespace, job["metadata"]["name"],
-                                         uid=live_job["metadata"].get("uid"))
-            elif not cache_state.complete and not cache_state.failed:
-                await self._ensure(job, replace_on_conflict=True)
-
-        live_workload = await self._ensure_workload(vd, plan, cache_state.complete)
-        if isinstance(live_workload, Failure):
+            cache_state = CacheState.from_job(self.store.child("Job", vd.namespace, job["metadata"]["name"]))
+        if plan.multi_node and not self.store.leader_worker_set_crd:
+            failure = Failure("LeaderWorkerSetMissing",
+                              f"the plan needs {plan.nodes} nodes per replica ({plan.parallelism_reason}); {INSTALL_HINT}")
             await self._write_status(body, compute_status(vd, current=current_status, now=now, plan=plan,
-                                                          failure=live_workload))
+                                                          failure=failure))
             return None
-        await self._ensure(render_service(vd, multi_node=plan.multi_node))
-        policy = render_network_policy(vd)
-        if policy is not None:
-            await self._ensure(policy)
-        elif self.store.child("NetworkPolicy", vd.namespace, vd.name) is not None:
-            await self.client.delete("NetworkPolicy", vd.namespace, vd.name)
-        monitor_name = vd.name
-        if self.store.service_monitor_crd and vd.spec.monitoring.service_monitor:
-            await self._ensure(render_service_monitor(vd))
-        elif self.store.child("ServiceMonitor", vd.namespace, monitor_name) is not None:
-            await self.client.delete("ServiceMonitor", vd.namespace, monitor_name)
+        monitor = (render_service_monitor(vd)
+                   if self.store.service_monitor_crd and vd.spec.monitoring.service_monitor else None)
+        results = await asyncio.gather(
+            self._ensure_or_remove("PersistentVolumeClaim", vd.namespace, plan.cache_claim,
+                                   render_cache_pvc(vd, plan, owners), remove=False),
+            self._ensure_download(vd, job, cache_state),
+            self._ensure_workload(vd, plan, cache_state.complete),
+            self._ensure(render_service(vd, multi_node=plan.multi_node)),
+            self._ensure_or_remove("NetworkPolicy", vd.namespace, vd.name, render_network_policy(vd)),
+            self._ensure_or_remove("ServiceMonitor", vd.namespace, vd.name, monitor),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        live_workload = results[2]
 
         readiness = self.store.readiness.get(key) if self.probing else None
         status = compute_status(vd, current=current_status, now=now, plan=plan, cache=cache_state,
@@ -367,14 +363,10 @@ class Controller:
         return retry
 
     async def _ensure_workload(self, vd: VLLMDeployment, plan: ServingPlan,
-                               cache_complete: bool) -> dict[str, Any] | Failure | None:
+                               cache_complete: bool) -> dict[str, Any] | None:
         """The Deployment, or the LeaderWorkerSet when one replica spans nodes; the other kind
         is removed when the plan switches. Nothing is rolled until the model is cached."""
         kind, other = ("LeaderWorkerSet", "Deployment") if plan.multi_node else ("Deployment", "LeaderWorkerSet")
-        if plan.multi_node and not self.store.leader_worker_set_crd:
-            return Failure("LeaderWorkerSetMissing",
-                           f"the plan needs {plan.nodes} nodes per replica ({plan.parallelism_reason}); "
-                           f"{INSTALL_HINT}")
         live = self.store.child(kind, vd.namespace, vd.name)
         if cache_complete:
             desired = render_leader_worker_set(vd, plan) if plan.multi_node else render_deployment(vd, plan)
@@ -382,6 +374,26 @@ class Controller:
             if self.store.child(other, vd.namespace, vd.name) is not None:
                 await self.client.delete(other, vd.namespace, vd.name)
         return live
+
+    async def _ensure_download(self, vd: VLLMDeployment, job: dict[str, Any] | None, cache: CacheState) -> None:
+        if job is None or cache.complete:
+            return
+        live = self.store.child("Job", vd.namespace, job["metadata"]["name"])
+        if cache.failed:
+            if needs_apply(job, live):
+                # A failed download retries only when its inputs changed (token, mirror, ...):
+                # the old Job goes, and its deletion event brings the next pass that recreates it.
+                await self.client.delete("Job", vd.namespace, job["metadata"]["name"], uid=live["metadata"].get("uid"))
+            return
+        await self._ensure(job, replace_on_conflict=True)
+
+    async def _ensure_or_remove(self, kind: str, namespace: str, name: str, desired: dict[str, Any] | None,
+                                *, remove: bool = True) -> None:
+        """Apply an optional child, or delete it when the spec no longer asks for it."""
+        if desired is not None:
+            await self._ensure(desired)
+        elif remove and self.store.child(kind, namespace, name) is not None:
+            await self.client.delete(kind, namespace, name)
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -448,7 +460,11 @@ class Controller:
             patch[stale] = None  # merge-patch null removes what no longer applies
         if current.get("phase") != status.get("phase"):
             metrics.PHASE_TRANSITIONS.labels(phase=str(status.get("phase"))).inc()
-            await self._event(body, status)
+            # An event is a courtesy to the user: posted in the background, never on the
+            # reconcile's critical path.
+            task = asyncio.create_task(self._event(body, status))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         result = await self.client.patch_status("VLLMDeployment", meta["namespace"], meta["name"], patch)
         key = (meta["namespace"], meta["name"])
         if key in self.store.vllmds and result:
@@ -461,7 +477,7 @@ class Controller:
         message = f"phase {status.get('phase')}: {ready['message'] if ready else ''}".strip()
         try:
             await self.client.create_event(body, type_="Warning" if failed else "Normal", reason=reason, message=message)
-        except ApiError as exc:  # an event is a courtesy: never fail the reconcile for it
+        except (ApiError, OSError, asyncio.TimeoutError) as exc:
             log.info("event for %s not posted: %s", body["metadata"]["name"], exc)
 
     async def _secret_value(self, namespace: str, ref: Any) -> str | None:

@@ -51,6 +51,7 @@ def server_env(vd: VLLMDeployment) -> list[dict[str, Any]]:
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "HF_HOME", "value": f"{WRITABLE_HOME}/hf"},
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "VLLM_DO_NOT_TRACK", "value": "1"},
         {"name": "DO_NOT_TRACK", "value": "1"},
     ]
     ref = vd.spec.auth.api_key_secret_ref
