@@ -28,7 +28,7 @@ from monitoring.queries import (PanelQuery, PrometheusClient, format_legend, loa
                                 panel_queries, substitute)
 
 COLUMNS = 3
-UNIT_LABELS = {"s": "seconds", "reqps": "requests/s", "percentunit": "fraction", "ops": "per second",
+UNIT_LABELS = {"s": "seconds", "reqps": "requests/s", "percentunit": "%", "ops": "per second",
                "Bps": "bytes/s", "short": ""}
 
 
@@ -65,6 +65,9 @@ def render(client: PrometheusClient, out: Path, *, variables: dict[str, str], mi
     summary: dict[str, list[dict[str, object]]] = {}
     for ax, title in zip(axes.flat, titles):
         plotted = 0
+        unit = by_panel[title][0].unit
+        scale = 100.0 if unit == "percentunit" else 1.0  # Grafana shows fractions as percent
+        lowest = math.inf
         for query in by_panel[title]:
             expr = substitute(query.expr, variables)
             result = client.query_range(expr, start, end, step)
@@ -74,12 +77,12 @@ def render(client: PrometheusClient, out: Path, *, variables: dict[str, str], mi
                 if not points:
                     continue
                 xs = [datetime.fromtimestamp(t) for t, _ in points]
-                ax.plot(xs, [v for _, v in points], linewidth=1.2,
-                        label=format_legend(query.legend, series["metric"]))
+                ys = [v * scale for _, v in points]
+                lowest = min(lowest, *ys)
+                ax.plot(xs, ys, linewidth=1.2, label=format_legend(query.legend, series["metric"]))
                 entry["last"] = points[-1][1]
                 plotted += 1
             summary.setdefault(title, []).append(entry)
-        unit = by_panel[title][0].unit
         ax.set_title(title, fontsize=11)
         ax.set_ylabel(UNIT_LABELS.get(unit, unit), fontsize=8)
         ax.tick_params(labelsize=7)
@@ -87,8 +90,12 @@ def render(client: PrometheusClient, out: Path, *, variables: dict[str, str], mi
         ax.grid(True, alpha=0.3)
         if plotted:
             ax.legend(fontsize=6, loc="upper left")
+            if lowest >= 0:
+                ax.set_ylim(bottom=0)  # rates, latencies, counts: no negative axis around a flat 0
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+            ax.set_xticks([])
+            ax.set_yticks([])
     for ax in list(axes.flat)[len(titles):]:
         ax.axis("off")
     shown = ", ".join(f"{k}={v}" for k, v in sorted(variables.items()) if not k.startswith("__"))

@@ -9,14 +9,16 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from urllib.parse import urlsplit
 
-# Words the tiny test model's tokenizer knows (tests/fixtures/tiny_model.py): 48-token prompts
-# span three KV blocks, so repeating a prompt gives the prefix cache something to hit.
-_SHARED_PREFIX = " ".join(f"w{i}" for i in range(32))
+# Words the tiny test model's tokenizer knows (tests/fixtures/tiny_model.py), one token each.
+# vLLM's CPU build caches prefixes in 128-token blocks (measured: cache_config_info block_size
+# 128), so prompts share a 136-token prefix: every repeat can hit one full cached block.
+PREFIX_TOKENS = 136
+_SHARED_PREFIX = " ".join(f"w{i % 252}" for i in range(PREFIX_TOKENS))
 
 
 def prompts(count: int) -> list[str]:
-    """`count` prompts: a shared 32-word prefix, then one of four endings (so prompts repeat)."""
-    return [f"{_SHARED_PREFIX} " + " ".join(f"w{100 + (i % 4) * 16 + j}" for j in range(16)) for i in range(count)]
+    """`count` prompts: the shared prefix, then one of four 8-word endings."""
+    return [f"{_SHARED_PREFIX} " + " ".join(f"w{(i % 4) * 8 + j}" for j in range(8)) for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class LoadResult:
 
 
 def send_completions(base_url: str, model: str, *, count: int = 48, concurrency: int = 6,
-                     max_tokens: int = 24, timeout: float = 120) -> LoadResult:
+                     max_tokens: int = 96, timeout: float = 120) -> LoadResult:
     host = urlsplit(base_url).hostname or ""
     if not ip_address(host).is_loopback:
         raise ValueError(f"load goes to loopback servers only, not {host!r}")
