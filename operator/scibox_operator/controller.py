@@ -86,6 +86,8 @@ class Store:
     storage_classes: dict[str, dict[str, Any]] = field(default_factory=dict)
     pods: dict[Key, dict[str, Any]] = field(default_factory=dict)
     readiness: dict[Key, ReadinessSummary] = field(default_factory=dict)
+    # (namespace, job name) -> the download script's JSON report of its latest finished pod
+    downloads: dict[Key, dict[str, Any]] = field(default_factory=dict)
     established_crds: set[str] = field(default_factory=set)
 
     @property
@@ -331,7 +333,8 @@ class Controller:
         cache_state = CacheState(True, reason="ModelOnVolume", message=f"model read from claim {plan.cache_claim}")
         job = render_download_job(vd, plan, owners)
         if job is not None:
-            cache_state = CacheState.from_job(self.store.child("Job", vd.namespace, job["metadata"]["name"]))
+            cache_state = CacheState.from_job(self.store.child("Job", vd.namespace, job["metadata"]["name"]),
+                                              self.store.downloads.get((vd.namespace, job["metadata"]["name"])))
         if plan.multi_node and not self.store.leader_worker_set_crd:
             failure = Failure("LeaderWorkerSetMissing",
                               f"the plan needs {plan.nodes} nodes per replica ({plan.parallelism_reason}); {INSTALL_HINT}")

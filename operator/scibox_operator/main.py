@@ -18,7 +18,8 @@ from .controller import WATCHED_CRDS, Controller, Settings, _trim, crd_establish
 from .kube import KubeClient
 from .leader import LeaderElector
 from .prober import Prober
-from .render.common import MANAGED_BY, MANAGED_BY_LABEL, SERVER
+from .render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, SERVER
+from .status import download_report
 from .serving import gpu_node_from_body
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,21 @@ def server_pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **
                        "conditions": list(status.get("conditions") or []),
                        "containerStatuses": list(status.get("containerStatuses") or [])},
         }
+
+
+@kopf.on.event("", "v1", "pods", labels={**OURS, "app.kubernetes.io/component": DOWNLOAD})
+def download_pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The download script reports bytes, duration or its error in the termination message."""
+    controller: Controller = memo.controller
+    job = body.metadata.labels.get("batch.kubernetes.io/job-name") or body.metadata.labels.get("job-name")
+    if event["type"] == "DELETED" or not job:
+        return
+    report = download_report(body)
+    key = (body.metadata.namespace, job)
+    if report is None or controller.store.downloads.get(key) == report:
+        return
+    controller.store.downloads[key] = report
+    controller.enqueue(controller.store.owners_of(body))
 
 
 @kopf.on.event("", "v1", "nodes")

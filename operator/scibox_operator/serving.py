@@ -14,7 +14,8 @@ from .engine_args import model_cache_path
 from .spec import VLLMDeployment, dns_name, short_hash
 
 MODELS_MOUNT = "/models"
-DEFAULT_VLLM_IMAGE = os.environ.get("SCIBOX_VLLM_IMAGE", "vllm/vllm-openai:v0.11.0")
+# Built from images/vllm/Dockerfile: vLLM's official image plus the download and health scripts.
+DEFAULT_VLLM_IMAGE = os.environ.get("SCIBOX_VLLM_IMAGE", "ghcr.io/scibox/vllm:0.32.0")
 DEFAULT_CACHE_SIZE = "100Gi"
 GIB = 1024**3
 

@@ -20,22 +20,54 @@ class CacheState:
     message: str = ""
 
     @classmethod
-    def from_job(cls, job: dict[str, Any] | None) -> "CacheState":
+    def from_job(cls, job: dict[str, Any] | None, summary: dict[str, Any] | None = None) -> "CacheState":
+        """`summary` is the download script's JSON report, read from its pod's termination message."""
         if job is None:
             return cls(False, reason="DownloadPending", message="the download Job is being created")
         status = job.get("status") or {}
+        name = job["metadata"]["name"]
+        summary = summary or {}
         for cond in status.get("conditions") or []:
             if cond.get("status") != "True":
                 continue
             if cond.get("type") == "Complete":
-                return cls(True, reason="Downloaded", message="model downloaded into the cache")
+                return cls(True, reason="Downloaded", message=_downloaded(summary))
             if cond.get("type") == "Failed":
-                why = cond.get("message") or cond.get("reason") or "the download Job failed"
+                why = summary.get("message") or cond.get("message") or cond.get("reason") or "the download Job failed"
+                kind = f" [{summary['error']}]" if summary.get("error") else ""
                 return cls(False, failed=True, reason="DownloadFailed",
-                           message=f"download Job {job['metadata']['name']} failed: {why}")
+                           message=f"download Job {name} failed{kind}: {why} (delete the Job to retry)")
+        attempts = int(status.get("failed") or 0)
+        last = f"; last attempt: {summary['message']}" if summary.get("error") and summary.get("message") else ""
         return cls(False, active=True, reason="Downloading",
-                   message=f"download Job {job['metadata']['name']} running "
-                           f"({status.get('failed', 0)} failed attempts so far)")
+                   message=f"download Job {name} running ({attempts} failed attempts so far{last})")
+
+
+def download_report(pod: Any) -> dict[str, Any] | None:
+    """The JSON line download_model.sh leaves in its terminated container's message, if any."""
+    import json
+
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated") or {}
+        message = (terminated.get("message") or "").strip()
+        if not message:
+            continue
+        try:
+            report = json.loads(message.splitlines()[-1])
+        except ValueError:
+            return None
+        return report if isinstance(report, dict) else None
+    return None
+
+
+def _downloaded(summary: dict[str, Any]) -> str:
+    if "bytes" not in summary:
+        return "model downloaded into the cache"
+    size = f"{summary['bytes'] / 1e9:.2f} GB" if summary["bytes"] >= 1e8 else f"{summary['bytes']} bytes"
+    if summary.get("cached"):
+        return f"model already in the cache ({size}, {summary.get('file_count', '?')} files)"
+    return (f"model downloaded into the cache: {size} in {float(summary.get('duration_seconds') or 0):.1f}s "
+            f"({summary.get('file_count', '?')} files)")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..engine_args import DOWNLOAD_EXIT_CODES
 from ..serving import MODELS_MOUNT, ServingPlan
+from .deployment import IMAGE_GID, IMAGE_UID
 from ..spec import VLLMDeployment
 from .common import CACHE, DOWNLOAD, labels
 
@@ -130,7 +131,7 @@ def render_download_job(vd: VLLMDeployment, plan: ServingPlan,
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": {
-                        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                        "runAsNonRoot": True, "runAsUser": IMAGE_UID, "runAsGroup": IMAGE_GID, "fsGroup": IMAGE_UID,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     **_placement(vd),

@@ -18,6 +18,10 @@ GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 # Writable places under a read-only root filesystem: vLLM, torch and triton write caches below
 # HOME, and NCCL/torch need a large shared-memory /dev/shm for tensor parallel workers.
 WRITABLE_HOME = "/tmp"
+# The user images/vllm/Dockerfile creates (group 0, so arbitrary-UID platforms work too); fsGroup
+# makes the cache volume writable for the download Job and readable for the server.
+IMAGE_UID = 10001
+IMAGE_GID = 0
 
 
 def engine_settings(vd: VLLMDeployment, plan: ServingPlan) -> EngineSettings:
@@ -136,9 +140,9 @@ def render_deployment(vd: VLLMDeployment, plan: ServingPlan) -> dict[str, Any]:
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,
+            "runAsUser": IMAGE_UID,
+            "runAsGroup": IMAGE_GID,
+            "fsGroup": IMAGE_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": 60,
