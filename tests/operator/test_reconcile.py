@@ -202,3 +202,12 @@ def test_restart_and_resync_with_nothing_changed_write_nothing(cluster, operator
     assert writes == {}, f"mutating requests during a resync with nothing to change: {writes}"
     assert our_event_names(cluster) == events_before
     assert 'scibox_operator_reconciles_total{result="ok"}' in operator.metrics()
+
+
+def test_kubectl_explain_teaches_the_api(cluster, crd):
+    out = cluster.kubectl("explain", "vllmd.spec.model").stdout
+    assert "Hugging Face hub repository id" in out and "trustRemoteCode" in out
+    bad = cluster.kubectl("apply", "-f", "-", check=False, input=yaml.safe_dump({
+        "apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment", "metadata": {"name": "bad", "namespace": "default"},
+        "spec": {"model": {"name": "a/b"}, "engine": {"extraArgs": ["--trust-remote-code"]}}}))
+    assert bad.returncode != 0 and "extraArgs may not set a flag the spec owns" in bad.stderr
