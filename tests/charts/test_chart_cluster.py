@@ -219,6 +219,44 @@ def test_operator_with_only_the_chart_identity_fully_reconciles_a_sample(chart_c
     assert not re.search(r"\b403\b|[Ff]orbidden", log), chart_operator.log_tail()
 
 
+def test_leader_election_hands_over_between_two_operators_with_the_chart_identity(
+        chart_cluster, release, identity, chart_operator, reconciled, tmp_path):
+    """replicaCount 2: the standby, holding the same token, waits; when the leader dies without
+    releasing the Lease, the standby takes it over and reconciles (Role: get/update/create)."""
+    import time
+
+    ns, name = reconciled["namespace"], reconciled["name"]
+    lease_ns = release["namespace"]
+    standby = OperatorProcess(identity, tmp_path, hub_endpoint="http://127.0.0.1:9",
+                              extra_env={"SCIBOX_LEADER_ELECTION_NAMESPACE": lease_ns,
+                                         "SCIBOX_OPERATOR_NAMESPACE": lease_ns, "POD_NAME": "chart-identity-standby"})
+    standby.start()
+    try:
+        time.sleep(6)  # more than one renew period of the standby
+        lease = get(chart_cluster, "lease", "scibox-vllm-operator", lease_ns)
+        assert lease["spec"]["holderIdentity"] == LEADER_IDENTITY, "the standby must not take a live lease"
+        transitions = lease["spec"].get("leaseTransitions", 0)
+
+        chart_operator.kill()  # SIGKILL: no hand-over, the lease has to expire
+        killed = time.monotonic()
+        lease = wait_for(lambda: (lambda l: l if l["spec"]["holderIdentity"] == "chart-identity-standby" else None)(
+            get(chart_cluster, "lease", "scibox-vllm-operator", lease_ns)), timeout=60, what="the standby leading")
+        print(f"\nleader takeover after SIGKILL: {time.monotonic() - killed:.1f} s")
+        assert lease["spec"]["leaseTransitions"] == transitions + 1
+
+        # The new leader acts: a spec change is observed and applied.
+        generation = get(chart_cluster, "vllmd", name, ns)["metadata"]["generation"]
+        chart_cluster.kubectl("patch", "vllmd", name, "-n", ns, "--type=merge",
+                              "-p", '{"spec": {"engine": {"maxNumSeqs": 9}}}')
+        wait_for(lambda: get(chart_cluster, "vllmd", name, ns)["status"].get("observedGeneration") == generation + 1,
+                 timeout=60, what="the new leader reconciling")
+        log = standby.log_path.read_text(errors="replace")
+        assert not re.search(r"\b403\b|[Ff]orbidden", log), standby.log_tail()
+    finally:
+        standby.stop()
+        chart_operator.start()  # back as the leader for the tests that follow
+
+
 DENIED = [
     # (verb, resource, namespace or None for all namespaces, why the operator never needs it)
     ("list", "secrets", None, "Secrets are read by name"),
