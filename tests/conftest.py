@@ -5,4 +5,6 @@ pytest_plugins = [
     "tests.fixtures.vllm",
     "tests.fixtures.hub",
     "tests.fixtures.operator",
+    "tests.fixtures.prometheus",
+    "tests.fixtures.lws",
 ]
