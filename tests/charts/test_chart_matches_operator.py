@@ -4,6 +4,7 @@ A new child kind in the operator fails here before it fails on a cluster."""
 
 from __future__ import annotations
 
+import ast
 import re
 
 import pytest
@@ -29,22 +30,64 @@ def test_every_child_kind_the_operator_renders_is_granted():
         assert WRITE <= granted, f"{kind}: the operator lists, watches and applies it; granted only {granted}"
 
 
+def test_every_resource_kopf_watches_may_be_listed_and_watched():
+    import kopf
+
+    from scibox_operator import main  # noqa: F401  (registers the handlers)
+
+    # kopf keeps event handlers in its default registry; `_watching` is where on.event ones live.
+    handlers = kopf.get_default_registry()._watching.get_all_handlers()
+    watched = {(h.selector.group or "", h.selector.plural or h.selector.any_name) for h in handlers}
+    assert ("scibox.io", "vllmdeployments") in watched and len(watched) >= 8, watched
+    rules = rules_by_resource(find(template(), "ClusterRole"))
+    for group, plural in sorted(watched):
+        assert {"list", "watch"} <= rules.get((group, plural), set()), f"kopf watches {group}/{plural}"
+
+
+def deleted_kinds(source: str) -> set[str]:
+    """Kinds controller.py deletes, read from its syntax tree: `client.delete("Kind", ...)`,
+    `_ensure_or_remove("Kind", ...)` unless remove=False, and both workload kinds when
+    `_ensure_workload` switches between them."""
+    deleted: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        first = node.args[0] if node.args else None
+        literal = first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else None
+        if node.func.attr == "delete" and literal:
+            deleted.add(literal)
+        elif node.func.attr == "_ensure_or_remove" and literal:
+            remove = next((k.value for k in node.keywords if k.arg == "remove"), ast.Constant(True))
+            if not (isinstance(remove, ast.Constant) and remove.value is False):
+                deleted.add(literal)
+        elif node.func.attr == "_ensure_workload":
+            deleted |= {"Deployment", "LeaderWorkerSet"}
+    return deleted
+
+
 def test_every_kind_the_controller_deletes_may_be_deleted():
     from scibox_operator import main
 
-    source = (ROOT / "operator" / "scibox_operator" / "controller.py").read_text()
-    deleted = set(re.findall(r'client\.delete\(\s*"(\w+)"', source))
-    if "_ensure_workload" in source:  # the workload kind not in use is deleted when the plan switches
-        deleted |= {"Deployment", "LeaderWorkerSet"}
-    assert deleted, "no deletes found: the scan is stale"
+    deleted = deleted_kinds((ROOT / "operator" / "scibox_operator" / "controller.py").read_text())
+    assert {"Job"} <= deleted, f"the scan is stale: found {deleted}"
     rules = rules_by_resource(find(template(), "ClusterRole"))
     for kind in sorted(deleted):
         group, _version, plural = main.CHILD_RESOURCES[kind]
         assert "delete" in rules[(_group(group), plural)], f"the controller deletes {kind}"
-    never_deleted = set(main.CHILD_RESOURCES) - deleted
-    for kind in sorted(never_deleted):
+    for kind in sorted(set(main.CHILD_RESOURCES) - deleted):
         group, _version, plural = main.CHILD_RESOURCES[kind]
         assert "delete" not in rules[(_group(group), plural)], f"{kind} is never deleted by the operator"
+
+
+def test_the_delete_scan_reads_the_call_forms_the_controller_uses():
+    source = """
+async def f(self):
+    await self.client.delete("Job", ns, name)
+    await self._ensure_or_remove("NetworkPolicy", ns, name, None)
+    await self._ensure_or_remove("PersistentVolumeClaim", ns, name, pvc, remove=False)
+    await self.client.delete(kind, ns, name)
+"""
+    assert deleted_kinds(source) == {"Job", "NetworkPolicy"}
 
 
 def test_model_network_policies_let_the_charts_operator_pods_in():
