@@ -206,7 +206,7 @@ class DownloadRecorder:
         if outcome is None or outcome.uid in self._seen:
             return None
         self._seen.add(outcome.uid)
-        if outcome.finished_at < self.since:
+        if outcome.finished_at < self.since.replace(microsecond=0):  # API times have whole seconds
             return None
         if outcome.succeeded:
             if outcome.duration_seconds is not None:
