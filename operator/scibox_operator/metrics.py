@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -200,12 +201,17 @@ class DownloadRecorder:
     def __init__(self, since: datetime | None = None):
         self.since = since or datetime.now().astimezone()
         self._seen: set[str] = set()
+        # prometheus_client serves scrapes on threads: two at once must not record a Job twice.
+        self._lock = threading.Lock()
 
     def observe(self, job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] = ()) -> DownloadOutcome | None:
         outcome = download_outcome(job, pods)
-        if outcome is None or outcome.uid in self._seen:
+        if outcome is None:
             return None
-        self._seen.add(outcome.uid)
+        with self._lock:
+            if outcome.uid in self._seen:
+                return None
+            self._seen.add(outcome.uid)
         if outcome.finished_at < self.since.replace(microsecond=0):  # API times have whole seconds
             return None
         if outcome.succeeded:
@@ -219,7 +225,8 @@ class DownloadRecorder:
 
     def forget_missing(self, live_uids: set[str]) -> None:
         """Drop uids of Jobs that no longer exist, so the set does not grow without bound."""
-        self._seen &= live_uids
+        with self._lock:
+            self._seen &= live_uids
 
 
 class StateCollector(Collector):

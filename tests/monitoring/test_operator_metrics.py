@@ -192,3 +192,13 @@ def test_a_broken_store_never_breaks_the_metrics_endpoint():
     collector = metrics.StateCollector(Broken(), metrics.DownloadRecorder(since=EPOCH))
     registry.register(collector)
     assert samples(registry) == {}
+
+
+def test_concurrent_scrapes_record_a_download_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    recorder = metrics.DownloadRecorder(since=EPOCH)
+    job = download_job("dl", uid="u-concurrent", condition="Complete")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(lambda _: recorder.observe(job), range(64)))
+    assert sum(o is not None for o in outcomes) == 1
