@@ -296,3 +296,18 @@ def test_install_kustomization_lists_every_generated_file():
     docs = [d for d in yaml.safe_load_all((ROOT / "manifests" / "install" / "operator.yaml").read_text()) if d]
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] not in ("ClusterRole", "ClusterRoleBinding")} \
         == {"scibox-system"}
+
+
+def test_packaged_chart_renders_the_same_as_the_source(tmp_path):
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (package,) = tmp_path.glob("scibox-vllm-operator-*.tgz")
+    import tarfile
+
+    with tarfile.open(package) as tar:
+        names = set(tar.getnames())
+    assert {"scibox-vllm-operator/crds/scibox.io_vllmdeployments.yaml", "scibox-vllm-operator/values.schema.json",
+            "scibox-vllm-operator/files/alerts.yaml", "scibox-vllm-operator/files/dashboard.json"} <= names
+    from_package = helm("template", "rel", str(package), "--namespace", "ns", "--kube-version", "1.35.4",
+                        "--set", "prometheusRule.enabled=true", "--set", "grafanaDashboard.enabled=true").stdout
+    from_source = template_text({"prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True}})
+    assert from_package == from_source
