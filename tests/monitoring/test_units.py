@@ -264,30 +264,3 @@ class _Queue:
     def depth(self) -> int:
         return 0
 
-
-# --- plain manifests (manifests/monitoring) -------------------------------------------------
-
-
-def test_manifests_embed_the_chart_files_unchanged(tmp_path):
-    import json
-
-    from monitoring import manifests
-
-    assert manifests.main([str(tmp_path)]) == 0
-    configmap = yaml.safe_load((tmp_path / "grafana-dashboard.yaml").read_text())
-    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(configmap["data"]["scibox-vllm.json"]) == load_dashboard()
-    rule = yaml.safe_load((tmp_path / "prometheusrule.yaml").read_text())
-    assert rule["kind"] == "PrometheusRule" and rule["spec"] == load_alerts()
-    assert manifests.main([str(tmp_path), "--check"]) == 0
-    (tmp_path / "prometheusrule.yaml").write_text("stale")
-    assert manifests.main([str(tmp_path), "--check"]) == 1
-
-
-def test_shipped_manifests_are_up_to_date():
-    from monitoring import manifests
-
-    shipped = ROOT / "manifests" / "monitoring"
-    if not shipped.is_dir():
-        pytest.xfail("manifests/monitoring/ not generated yet: python -m monitoring.manifests manifests/monitoring")
-    assert manifests.main([str(shipped), "--check"]) == 0, "run: python -m monitoring.manifests manifests/monitoring"
