@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import yaml
@@ -198,11 +199,13 @@ def crd_installed(rest: Rest) -> bool:
     return conditions.get("Established") == "True"
 
 
-def install_crd(rest: Rest, version: str = versions.LWS, timeout: float = 60.0) -> str:
-    """Install (or update) the LeaderWorkerSet CRD and wait until its API serves."""
+def install_crd(rest: Rest, version: str = versions.LWS, timeout: float = 60.0) -> bool:
+    """Install (or update) the LeaderWorkerSet CRD and wait until its API serves. True if it
+    was applied now, False if this version was installed already."""
     existing = rest.get_or_none(f"{CRD_PATH}/{CRD_NAME}")
-    labels = (existing or {}).get("metadata", {}).get("labels", {})
-    if existing is None or labels.get(VERSION_LABEL) != version:
+    labels = (existing or {}).get("metadata", {}).get("labels") or {}
+    applied = existing is None or labels.get(VERSION_LABEL) != version
+    if applied:
         rest.apply(CRD_PATH, CRD_NAME, crd_manifest(version))
     deadline = time.monotonic() + timeout
     while not crd_installed(rest):
@@ -213,7 +216,7 @@ def install_crd(rest: Rest, version: str = versions.LWS, timeout: float = 60.0) 
     while True:
         try:
             rest.get(f"/apis/{GROUP}/v1/{PLURAL}?limit=1")
-            return CRD_NAME
+            return applied
         except (ApiError, OSError):
             if time.monotonic() > deadline:
                 raise
@@ -317,13 +320,16 @@ class LwsController:
             return False
 
     # -- lifecycle --
-    def start(self, register: bool = False, timeout: float = 120.0) -> None:
+    def start(self, register: bool = False, timeout: float = 120.0,
+              await_gc: bool = True) -> None:
         """Install the CRD and run the controller with its webhooks, unless a ready one runs
-        already (then `started` is False). `register` records this process as a user."""
+        already (then `started` is False). `register` records this process as a user.
+        `await_gc`: after a fresh CRD install, wait until the garbage collector handles
+        LeaderWorkerSets (see `await_garbage_collector`)."""
         with self.cluster._lock():
             if not self.cluster.is_up():
                 raise LwsError(f"cluster {self.cluster.name} is not up")
-            install_crd(self.rest, self.version)
+            crd_is_new = install_crd(self.rest, self.version)
             if self.ready():
                 self.started = False
             else:
@@ -334,6 +340,10 @@ class LwsController:
                     self._stop_locked()
                     raise
                 self.started = True
+            if crd_is_new and await_gc:
+                t0 = time.monotonic()
+                self.await_garbage_collector(timeout)
+                self._record_timing("gc_aware", time.monotonic() - t0)
             if register:
                 self._register(started=self.started)
 
@@ -369,9 +379,45 @@ class LwsController:
         self.cluster._wait("the LWS webhooks to answer the apiserver", PROCESS,
                            self.webhooks_answer, timeout)
         timings["ready"] = time.monotonic() - t0
+        for what, seconds in timings.items():
+            self._record_timing(what, seconds)
+
+    def _record_timing(self, what: str, seconds: float) -> None:
         state = self.state()
-        state["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+        state.setdefault("timings_s", {})[what] = round(seconds, 2)
         (self.dir / "state.json").write_text(json.dumps(state, indent=1))
+
+    def await_garbage_collector(self, timeout: float = 120.0) -> None:
+        """Wait until kube-controller-manager's garbage collector acts on LeaderWorkerSets.
+
+        It learns of new resource types only at its periodic discovery resync (every 30 s in
+        kcm), so right after the CRD is installed, deleting a LeaderWorkerSet leaves its
+        StatefulSets and pods behind for up to that long. The probe: a ConfigMap owned by a
+        LeaderWorkerSet that does not exist, which the collector deletes once it can map the
+        kind. A probe it could not map is retried with exponential back-off (tens of seconds
+        soon), so each attempt is a fresh ConfigMap rather than a wait on the first.
+        """
+        rest = self.rest
+        cm_path = f"/api/v1/namespaces/{PROBE_NAMESPACE}/configmaps"
+        label = "scibox.io/lws-gc-probe"
+        deadline = time.monotonic() + timeout
+        try:
+            for attempt in range(1_000_000):
+                name = f"{PROBE_NAME}-gc-{os.getpid()}-{attempt}"
+                rest.create(cm_path, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+                    "name": name, "labels": {label: "true"}, "ownerReferences": [{
+                        "apiVersion": API_VERSION, "kind": "LeaderWorkerSet",
+                        "name": f"{PROBE_NAME}-absent", "uid": str(uuid.uuid4())}]}})
+                attempt_deadline = time.monotonic() + 2.0
+                while time.monotonic() < attempt_deadline:
+                    if rest.get_or_none(f"{cm_path}/{name}") is None:
+                        return
+                    time.sleep(0.1)
+                if time.monotonic() > deadline:
+                    raise self.cluster._fail("kube-controller-manager", (
+                        f"the garbage collector did not act on LeaderWorkerSets in {timeout:.0f}s"))
+        finally:
+            rest.request("DELETE", f"{cm_path}?labelSelector={label}%3Dtrue")
 
     def stop(self, uninstall: bool = False) -> None:
         """Remove the webhook configurations, stop the process; `uninstall` also deletes the

@@ -147,6 +147,30 @@ def test_the_crd_comes_from_the_module_at_the_pinned_version():
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
 
 
+def test_the_last_live_user_stops_the_controller(tmp_path):
+    import os
+
+    controller = LwsController(Cluster(name="unit", state_dir=tmp_path / "unit"))
+    users = controller.dir / "users"
+    controller._register(started=True)
+    # Another live process still uses it: leaving does not stop it.
+    (users / str(os.getppid())).write_text("reused\n")
+    assert controller._release() is False
+    # Only a dead user is left (a crashed session): the next one out stops it.
+    controller._register(started=False)
+    (users / str(os.getppid())).unlink()
+    (users / "999999999").write_text("started\n")
+    assert controller._release() is True
+    assert not any(users.iterdir())
+
+
+def test_a_controller_nobody_started_is_left_running(tmp_path):
+    # Reused from `python -m tests.cluster.lws start`: sessions do not stop it.
+    controller = LwsController(Cluster(name="unit", state_dir=tmp_path / "unit"))
+    controller._register(started=False)
+    assert controller._release() is False
+
+
 # ---- a private cluster with four 8-GPU nodes -----------------------------------------------
 @pytest.fixture(scope="module")
 def gpu_cluster():
@@ -184,6 +208,7 @@ def gpu_ns(gpu_cluster):
 
 
 @pytest.mark.cluster
+@pytest.mark.slow  # the private cluster's setup, mostly the GC's discovery resync
 def test_group_of_two_8_gpu_pods_spans_two_nodes_is_ready_and_deleting_removes_it(
         gpu_cluster, gpu_ns):
     cluster, _ = gpu_cluster
@@ -243,6 +268,7 @@ def test_group_of_two_8_gpu_pods_spans_two_nodes_is_ready_and_deleting_removes_i
 
 
 @pytest.mark.cluster
+@pytest.mark.slow  # the private cluster's setup, mostly the GC's discovery resync
 def test_scaling_adds_groups_until_the_gpus_run_out(gpu_cluster, gpu_ns):
     cluster, _ = gpu_cluster
     rest = cluster.rest
@@ -286,6 +312,7 @@ def test_scaling_adds_groups_until_the_gpus_run_out(gpu_cluster, gpu_ns):
 
 
 @pytest.mark.cluster
+@pytest.mark.slow  # the private cluster's setup, mostly the GC's discovery resync
 def test_validating_webhook_refuses_an_empty_group(gpu_cluster, gpu_ns):
     cluster, _ = gpu_cluster
     with pytest.raises(ApiError) as refused:
@@ -295,6 +322,7 @@ def test_validating_webhook_refuses_an_empty_group(gpu_cluster, gpu_ns):
 
 
 @pytest.mark.cluster
+@pytest.mark.slow  # the private cluster's setup, mostly the GC's discovery resync
 def test_controller_listens_and_connects_on_loopback_only(gpu_cluster):
     _, controller = gpu_cluster
     proc = psutil.Process(controller.pid)
@@ -308,6 +336,7 @@ def test_controller_listens_and_connects_on_loopback_only(gpu_cluster):
 
 
 @pytest.mark.cluster
+@pytest.mark.slow  # the private cluster's setup, mostly the GC's discovery resync
 def test_stopped_controller_leaves_other_pods_alone_and_starts_again(gpu_cluster, gpu_ns):
     cluster, controller = gpu_cluster
     rest = cluster.rest
