@@ -14,7 +14,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .engine_args import validate_env, validate_extra_args
+from .engine_args import model_cache_path, validate_env, validate_extra_args
 
 Auto = Literal["auto"]
 
@@ -38,15 +38,32 @@ class ApiKeySecretRef(SecretKeyRef):
     key: str = "api-key"
 
 
+# What vLLM's argv and the cache layout accept (engine_args.validate_settings): a value that
+# passed here but failed there would crash every reconcile instead of reporting InvalidSpec.
+_NO_CONTROL_TRIMMED = r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
 class ModelSource(_Model):
     name: str = Field(min_length=1, max_length=253)
-    revision: str = "main"
-    served_model_name: str | None = None
+    revision: str = Field(default="main", max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+    served_model_name: str | None = Field(default=None, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")
     trust_remote_code: bool = False
-    dtype: str = "auto"
-    quantization: str | None = None
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"
+    quantization: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     max_model_len: int | None = Field(default=None, ge=16)
-    tokenizer: str | None = None
+    tokenizer: str | None = Field(default=None, max_length=253, pattern=_NO_CONTROL_TRIMMED)
+
+    @field_validator("name")
+    @classmethod
+    def _servable_name(cls, v: str) -> str:
+        if v.startswith("pvc://"):
+            claim = v.removeprefix("pvc://").partition("/")[0]
+            if not _DNS_LABEL.fullmatch(claim):
+                raise ValueError(f"pvc://CLAIM/PATH needs a claim name that is a DNS label, got {claim!r}")
+        else:
+            model_cache_path("/models", v, None)  # the download Job and the server both use this layout
+        return v
 
     @property
     def is_pvc(self) -> bool:
@@ -210,12 +227,18 @@ class InvalidSpec(Exception):
 def parse(body: Mapping[str, Any]) -> VLLMDeployment:
     """Parse a VLLMDeployment object (as read from the API) or raise InvalidSpec."""
     meta = body.get("metadata") or {}
+    name = meta.get("name", "")
+    if name and (len(name) > 63 or not _SERVICE_NAME.fullmatch(name)):
+        # The API server admits any DNS subdomain here, but the Service in front of the model
+        # takes this name (a DNS-1035 label) and every child carries it as a label value.
+        raise InvalidSpec(f"metadata.name {name!r} cannot name the model's Service: use at most 63 lower case "
+                          "letters, digits and '-', starting with a letter and ending with a letter or digit")
     try:
         spec = VLLMDeploymentSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         raise InvalidSpec(_describe(exc)) from None
     return VLLMDeployment(
-        name=meta.get("name", ""),
+        name=name,
         namespace=meta.get("namespace", ""),
         uid=meta.get("uid", ""),
         generation=int(meta.get("generation") or 0),
@@ -233,6 +256,7 @@ def _describe(exc: ValidationError) -> str:
 
 
 _DNS_UNSAFE = re.compile(r"[^a-z0-9-]+")
+_SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 def short_hash(*parts: str, length: int = 10) -> str:
