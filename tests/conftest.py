@@ -8,3 +8,10 @@ pytest_plugins = [
     "tests.fixtures.prometheus",
     "tests.fixtures.lws",
 ]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that install the LeaderWorkerSet CRD (fixture `lws`, session-wide once started) run
+    last, so that the tests of a cluster without it see it absent."""
+    items[:] = [i for i in items if "lws" not in getattr(i, "fixturenames", ())] + \
+               [i for i in items if "lws" in getattr(i, "fixturenames", ())]

@@ -28,7 +28,9 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 60, interval: flo
 
 
 def get(cluster, kind: str, name: str | None = None, namespace: str | None = None) -> Any:
-    args = ["get", kind] + ([name] if name else []) + (["-n", namespace] if namespace else []) + ["-o", "json"]
+    """namespace "*" lists across all namespaces."""
+    scope = ["-A"] if namespace == "*" else (["-n", namespace] if namespace else [])
+    args = ["get", kind] + ([name] if name else []) + scope + ["-o", "json"]
     proc = cluster.kubectl(*args, check=False)
     if proc.returncode != 0:
         if "NotFound" in proc.stderr:
