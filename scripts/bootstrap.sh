@@ -45,11 +45,12 @@ if [ ! -e "$OP_STAMP" ]; then
 fi
 
 # --- Debian packages ------------------------------------------------------------
-if ! command -v prometheus >/dev/null 2>&1; then
-  log "installing Debian's prometheus"
+# prometheus (+promtool): the monitoring tests' real Prometheus; lua5.1: the Argo CD health check.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v lua5.1 >/dev/null 2>&1; then
+  log "installing Debian's prometheus and lua5.1"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt-get install -y -qq --no-install-recommends prometheus lua5.1 >/dev/null
   # The package starts a system service on Debian; the tests run their own instance.
   (systemctl stop prometheus || service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
 fi

@@ -68,7 +68,7 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scibox-operator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the operator (kopf) against the current kubeconfig or in-cluster")
@@ -90,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         add_plan_parser(sub)
         sub.choices["plan"].set_defaults(func=run_plan)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 
