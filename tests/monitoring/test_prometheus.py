@@ -226,9 +226,11 @@ def test_prometheus_loaded_and_evaluates_every_alert_rule(scraped):
     assert {r["name"] for r in rules} == names
     unhealthy = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not unhealthy
-    firing = [(r["name"], a["labels"]) for r in rules for a in r.get("alerts", [])
-              if scraped.namespace in json.dumps(a["labels"])]
-    assert not firing, "nothing is wrong with the test deployment's server"
+    # The server keeps up with the load, so its alerts are not even pending. (The operator's
+    # alerts about the test VLLMDeployment may be: in the simulated cluster no pod answers probes.)
+    server_alerts = {"VLLMWaitingQueueGrowing", "VLLMKVCacheNearlyFull"}
+    active = [(r["name"], a["state"]) for r in rules if r["name"] in server_alerts for a in r.get("alerts", [])]
+    assert not active
 
 
 def test_render_dashboard_png(scraped):
