@@ -89,9 +89,11 @@ def render(client: PrometheusClient, out: Path, *, variables: dict[str, str], mi
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
         ax.grid(True, alpha=0.3)
         if plotted:
-            ax.legend(fontsize=6, loc="upper left")
             if lowest >= 0:
                 ax.set_ylim(bottom=0)  # rates, latencies, counts: no negative axis around a flat 0
+            if unit == "percentunit":
+                ax.set_ylim(top=110)  # room above 100 % for the legend
+            ax.legend(fontsize=6, loc="best")
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
             ax.set_xticks([])
