@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# README command one: set up everything, bring up the local cluster, install the CRD, run the
-# operator, apply a sample VLLMDeployment and show what it became.
+# README command one: set everything up (scripts/bootstrap.sh), then the demo (scripts/demo.py):
+# a local cluster whose node real-node-0 runs pods as real processes, the operator, a local hub
+# mirror with a tiny model, and a VLLMDeployment that becomes an OpenAI endpoint answering a
+# completion. The demo stays up afterwards; `scripts/demo.sh --down` stops all of it, and
+# `scripts/demo.sh --once` runs it and stops everything at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
 VENV=${SCIBOX_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/scibox/venv}
+if [ "${1:-}" != "--down" ]; then
+  scripts/bootstrap.sh
+fi
 exec "$VENV/bin/python" scripts/demo.py "$@"
