@@ -56,6 +56,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     client = KubeClient(lambda: _credentials(settings), on_request=metrics.record_request)
     controller = Controller(client, Settings())
     memo.controller = controller
+    metrics.register_state_collector(controller.store, controller.queue)
     await controller.prime(CHILD_RESOURCES)
     controller.start()
     memo.prober = Prober(controller)
@@ -143,7 +144,14 @@ def download_pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, 
     controller: Controller = memo.controller
     job = body.metadata.labels.get("batch.kubernetes.io/job-name") or body.metadata.labels.get("job-name")
     if event["type"] == "DELETED" or not job:
+        controller.store.pods.pop((body.metadata.namespace, body.metadata.name), None)
         return
+    # The metrics collector reads download bytes from the pods it finds in the store.
+    controller.store.pods[(body.metadata.namespace, body.metadata.name)] = {
+        "metadata": {"name": body.metadata.name, "namespace": body.metadata.namespace,
+                     "uid": body.metadata.uid, "labels": dict(body.metadata.labels)},
+        "status": {"phase": (body.get("status") or {}).get("phase"),
+                   "containerStatuses": list((body.get("status") or {}).get("containerStatuses") or [])}}
     report = download_report(body)
     key = (body.metadata.namespace, job)
     if report is None or controller.store.downloads.get(key) == report:
