@@ -313,6 +313,47 @@ def test_scaling_adds_groups_until_the_gpus_run_out(gpu_cluster, gpu_ns):
 
 @pytest.mark.cluster
 @pytest.mark.slow  # the private cluster's setup, mostly the GC's discovery resync
+def test_leader_template_and_a_service_selecting_only_leaders(gpu_cluster, gpu_ns):
+    """The vLLM multi-node shape: the leader runs its own command and readiness probe (Ray
+    head + API server), workers another (Ray workers); a Service selects leaders only."""
+    cluster, _ = gpu_cluster
+    rest = cluster.rest
+    manifest = leaderworkerset("llm", size=2, gpus=8)
+    template = manifest["spec"]["leaderWorkerTemplate"]
+    leader_container = dict(template["workerTemplate"]["spec"]["containers"][0],
+                            command=["sh", "-c", "ray start --head && exec vllm serve"],
+                            ports=[{"name": "http", "containerPort": 8000}],
+                            readinessProbe={"httpGet": {"path": "/health", "port": "http"}})
+    template["leaderTemplate"] = {"metadata": {"labels": {"app": "llm", "role": "leader"}},
+                                  "spec": {"containers": [leader_container]}}
+    template["workerTemplate"]["spec"]["containers"][0]["command"] = [
+        "sh", "-c", 'exec ray start --address="$LWS_LEADER_ADDRESS:6379" --block']
+    rest.create(lws_path(gpu_ns), manifest)
+    rest.create(f"/api/v1/namespaces/{gpu_ns}/services", {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "llm-api"},
+        "spec": {"selector": {NAME_LABEL: "llm", WORKER_INDEX_LABEL: "0"},
+                 "ports": [{"name": "http", "port": 8000, "targetPort": "http"}]}})
+    wait_for("1 ready group", lambda: available(rest, gpu_ns, "llm", 1))
+
+    pods = member_pods(rest, gpu_ns, "llm")
+    leader, worker = pods["llm-0"], pods["llm-0-1"]
+    assert leader["spec"]["containers"][0]["command"][-1] == "ray start --head && exec vllm serve"
+    assert leader["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert leader["metadata"]["labels"]["role"] == "leader"
+    assert "ray start --address" in worker["spec"]["containers"][0]["command"][-1]
+    assert "readinessProbe" not in worker["spec"]["containers"][0]
+    assert "role" not in worker["metadata"]["labels"]
+
+    # What the Service selects. (Its EndpointSlice stays empty here: EndpointSlice validation
+    # refuses the loopback pod IPs this cluster hands out.)
+    service = rest.get(f"/api/v1/namespaces/{gpu_ns}/services/llm-api")
+    selector = ",".join(f"{k}={v}" for k, v in sorted(service["spec"]["selector"].items()))
+    selected = rest.get(f"/api/v1/namespaces/{gpu_ns}/pods?labelSelector={selector}")["items"]
+    assert [p["metadata"]["name"] for p in selected] == ["llm-0"]
+
+
+@pytest.mark.cluster
+@pytest.mark.slow  # the private cluster's setup, mostly the GC's discovery resync
 def test_validating_webhook_refuses_an_empty_group(gpu_cluster, gpu_ns):
     cluster, _ = gpu_cluster
     with pytest.raises(ApiError) as refused:
