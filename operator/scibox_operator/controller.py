@@ -26,7 +26,7 @@ from .probe import ReadinessSummary
 from .render.cache import render_cache_pvc, render_download_job
 from .render.common import MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL
 from .render.deployment import render_deployment
-from .render.leaderworkerset import INSTALL_HINT, render_leader_worker_set
+from .render.leaderworkerset import INSTALL_HINT, leader_worker_set_name, render_leader_worker_set
 from .render.monitoring import render_service_monitor
 from .render.network_policy import render_network_policy
 from .render.service import endpoint_url, render_service
@@ -73,6 +73,15 @@ def _trim(body: Any) -> dict[str, Any]:
     meta.pop("managedFields", None)
     obj["metadata"] = meta
     return obj
+
+
+class ChildRejected(Exception):
+    """The API server refused a rendered child as invalid: retrying cannot help, the spec must
+    change (for example a node selector or toleration the API's own validation rejects)."""
+
+    def __init__(self, kind: str, name: str, message: str):
+        super().__init__(f"the API server refused the {kind} {name} rendered from this spec: {message}")
+        self.kind, self.name, self.message = kind, name, message
 
 
 @dataclass
@@ -354,6 +363,11 @@ class Controller:
             return_exceptions=True,
         )
         for result in results:
+            if isinstance(result, ChildRejected):
+                await self._write_status(body, compute_status(vd, current=current_status, now=now, plan=plan,
+                                                              failure=Failure("InvalidSpec", str(result))))
+                return None
+        for result in results:
             if isinstance(result, BaseException):
                 raise result
         live_workload = results[2]
@@ -369,13 +383,15 @@ class Controller:
                                cache_complete: bool) -> dict[str, Any] | None:
         """The Deployment, or the LeaderWorkerSet when one replica spans nodes; the other kind
         is removed when the plan switches. Nothing is rolled until the model is cached."""
-        kind, other = ("LeaderWorkerSet", "Deployment") if plan.multi_node else ("Deployment", "LeaderWorkerSet")
-        live = self.store.child(kind, vd.namespace, vd.name)
+        lws_name = leader_worker_set_name(vd)
+        kind, name, other, other_name = (("LeaderWorkerSet", lws_name, "Deployment", vd.name) if plan.multi_node
+                                         else ("Deployment", vd.name, "LeaderWorkerSet", lws_name))
+        live = self.store.child(kind, vd.namespace, name)
         if cache_complete:
             desired = render_leader_worker_set(vd, plan) if plan.multi_node else render_deployment(vd, plan)
             live = await self._ensure(desired) or live
-            if self.store.child(other, vd.namespace, vd.name) is not None:
-                await self.client.delete(other, vd.namespace, vd.name)
+            if self.store.child(other, vd.namespace, other_name) is not None:
+                await self.client.delete(other, vd.namespace, other_name)
         return live
 
     async def _ensure_download(self, vd: VLLMDeployment, job: dict[str, Any] | None, cache: CacheState) -> None:
@@ -448,6 +464,10 @@ class Controller:
                 await self.client.delete(kind, meta["namespace"], meta["name"], uid=live["metadata"].get("uid"))
                 self.store.drop_child(kind, meta["namespace"], meta["name"])
                 return None
+            # Server-side apply answers a field unknown to the child's schema with a 500 that
+            # says so; like a 400 or 422, no retry can fix what the spec asked for.
+            if exc.status in (400, 422) or (exc.status == 500 and "failed to create typed patch object" in exc.message):
+                raise ChildRejected(kind, meta["name"], exc.message) from None
             raise
         metrics.APPLIES.labels(kind=kind).inc()
         self.store.put_child(kind, result)

@@ -106,6 +106,17 @@ class Parallelism(_Model):
         return v
 
 
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
 class EnvVar(_Model):
     name: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     value: str = ""
@@ -176,12 +187,20 @@ class Rollout(_Model):
 
 
 class VLLMDeploymentSpec(_Model):
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k in v if len(k) > 253 or not _LABEL_KEY.match(k))
+        if bad:
+            raise ValueError(f"nodeSelector keys must be Kubernetes label keys ([prefix/]name): {bad[:3]}")
+        return v
+
     model: ModelSource
     image: str | None = None
     replicas: int = Field(default=1, ge=0, le=128)
     resources: Resources = Resources()
     node_selector: dict[str, str] = {}
-    tolerations: tuple[dict[str, Any], ...] = ()
+    tolerations: tuple[Toleration, ...] = ()
     affinity: dict[str, Any] | None = None
     priority_class_name: str | None = None
     parallelism: Parallelism = Parallelism()

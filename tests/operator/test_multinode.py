@@ -41,7 +41,7 @@ def test_a_16_gpu_plan_runs_as_one_leaderworkerset_group_on_two_nodes(cluster, o
                                  for c in p["spec"]["containers"]) and p["status"].get("phase") in ("Pending", "Running")],
              timeout=180, what="no GPU pod left from earlier tests")
     apply(cluster, namespace, big("huge"))
-    lws_obj = wait_for(lambda: get(cluster, "leaderworkerset", "huge", namespace), timeout=90,
+    lws_obj = wait_for(lambda: get(cluster, "leaderworkerset", "huge-group", namespace), timeout=90,
                        what="the LeaderWorkerSet")
     assert lws_obj["spec"]["leaderWorkerTemplate"]["size"] == 2
     assert get(cluster, "deployment", "huge", namespace) is None
@@ -50,7 +50,7 @@ def test_a_16_gpu_plan_runs_as_one_leaderworkerset_group_on_two_nodes(cluster, o
     assert len({p["spec"]["nodeName"] for p in pods}) == 2, "8 GPUs each: one pod per 8-GPU node"
     for pod in pods:
         assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
-    wait_for(lambda: (get(cluster, "leaderworkerset", "huge", namespace).get("status") or {}).get("readyReplicas") == 1,
+    wait_for(lambda: (get(cluster, "leaderworkerset", "huge-group", namespace).get("status") or {}).get("readyReplicas") == 1,
              timeout=90, what="the group Ready")
     svc = get(cluster, "service", "huge", namespace)
     assert svc["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
@@ -63,5 +63,5 @@ def test_a_16_gpu_plan_runs_as_one_leaderworkerset_group_on_two_nodes(cluster, o
                           for p in lws_pods(cluster, namespace)}) == 2, timeout=90, what="a second group")
 
     cluster.kubectl("delete", "vllmd", "huge", "-n", namespace, "--wait=true")
-    wait_for(lambda: get(cluster, "leaderworkerset", "huge", namespace) is None and not lws_pods(cluster, namespace),
+    wait_for(lambda: get(cluster, "leaderworkerset", "huge-group", namespace) is None and not lws_pods(cluster, namespace),
              timeout=120, what="the LeaderWorkerSet and its pods gone")

@@ -115,7 +115,9 @@ def test_spec_edit_rolls_and_children_are_restored(cluster, operator, namespace)
         get(cluster, "deployment", name, namespace)), timeout=60, what="a new pod template")
     args = dep2["spec"]["template"]["spec"]["containers"][0]["args"]
     assert arg(args, "--max-num-seqs") == "7"
-    assert int(dep2["metadata"]["annotations"]["deployment.kubernetes.io/revision"]) >= 2
+    # The Deployment controller records the roll as a new revision.
+    wait_for(lambda: int(get(cluster, "deployment", name, namespace)["metadata"]["annotations"]
+                         ["deployment.kubernetes.io/revision"]) >= 2, timeout=30, what="revision 2")
     wait_for(lambda: get(cluster, "vllmd", name, namespace)["status"]["observedGeneration"] == 2,
              timeout=60, what="observedGeneration 2")
 

@@ -51,6 +51,8 @@ class Case:
     message: str | None
     gap: str | None
     gap_in: str  # "everywhere", or "cluster" when the operator's pure code already handles it
+    # Caught only when the API server refuses the rendered child (no offline check can know it).
+    child_refused: bool = False
 
     def body(self, namespace: str | None = None) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": self.name, "labels": {"scibox.io/corpus-case": self.id[:63]}}
@@ -67,7 +69,7 @@ def load_cases() -> list[Case]:
     cases = []
     for entry in raw:
         unknown = set(entry) - {"id", "name", "patch", "spec", "rejected", "ready_false", "message", "gap",
-                                 "gap_in"}
+                                 "gap_in", "child_refused"}
         if unknown:
             raise ValueError(f"{entry['id']}: unknown keys {sorted(unknown)}")
         if ("rejected" in entry) == ("ready_false" in entry):
@@ -78,5 +80,5 @@ def load_cases() -> list[Case]:
             spec = deep_merge(BASE_SPEC, entry.get("patch") or {})
         cases.append(Case(entry["id"], entry.get("name", entry["id"]), spec, entry.get("rejected"),
                           entry.get("ready_false"), entry.get("message"), entry.get("gap"),
-                          entry.get("gap_in", "everywhere")))
+                          entry.get("gap_in", "everywhere"), bool(entry.get("child_refused"))))
     return cases

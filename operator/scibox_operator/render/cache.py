@@ -78,7 +78,7 @@ def _placement(vd: VLLMDeployment) -> dict[str, Any]:
     if selector:
         out["nodeSelector"] = selector
     out["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                          *copy.deepcopy(list(vd.spec.tolerations))]
+                          *(t.model_dump(by_alias=True, exclude_none=True) for t in vd.spec.tolerations)]
     if vd.spec.priority_class_name:
         out["priorityClassName"] = vd.spec.priority_class_name
     return out

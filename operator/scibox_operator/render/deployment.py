@@ -155,7 +155,7 @@ def render_deployment(vd: VLLMDeployment, plan: ServingPlan) -> dict[str, Any]:
         ],
         "tolerations": [
             {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
-            *copy.deepcopy(list(spec.tolerations)),
+            *(t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations),
         ],
     }
     node_selector = dict(sorted(spec.node_selector.items()))

@@ -37,6 +37,12 @@ WORKER_COMMAND = ["/bin/sh", "-c",
                   f"exec ray start --address=${{LWS_LEADER_ADDRESS}}:{RAY_PORT} --block --disable-usage-stats"]
 
 
+def leader_worker_set_name(vd: VLLMDeployment) -> str:
+    """Not the VLLMDeployment's name: LWS creates a headless Service named after itself for
+    LWS_LEADER_ADDRESS, and that name is taken by the client Service."""
+    return f"{vd.name}-group"
+
+
 def render_leader_worker_set(vd: VLLMDeployment, plan: ServingPlan) -> dict[str, Any]:
     """Reuses the single-node pod template (security, volumes, env, probes), then adapts it."""
     base = render_deployment(vd, plan)
@@ -61,12 +67,15 @@ def render_leader_worker_set(vd: VLLMDeployment, plan: ServingPlan) -> dict[str,
     return {
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
         "kind": "LeaderWorkerSet",
-        "metadata": metadata(vd, vd.name, SERVER),
+        "metadata": metadata(vd, leader_worker_set_name(vd), SERVER),
         "spec": {
             "replicas": vd.spec.replicas,
+            # LeaderReady would deadlock: the leader's /health needs the workers.
             "startupPolicy": "LeaderCreated",
+            # LWS's own defaults, written out so the drift check sees no difference.
             "rolloutStrategy": {"type": "RollingUpdate",
-                                "rollingUpdateConfiguration": {"maxUnavailable": 1, "maxSurge": 0}},
+                                "rollingUpdateConfiguration": {"maxUnavailable": 1, "maxSurge": 0, "partition": 0}},
+            "networkConfig": {"subdomainPolicy": "Shared"},
             "leaderWorkerTemplate": {
                 "size": plan.nodes,
                 "restartPolicy": "RecreateGroupOnPodRestart",
