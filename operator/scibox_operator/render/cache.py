@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from ..engine_args import DOWNLOAD_EXIT_CODES
 from ..serving import MODELS_MOUNT, ServingPlan
-from .deployment import IMAGE_GID, IMAGE_UID
 from ..spec import VLLMDeployment
-from .common import CACHE, DOWNLOAD, labels
+from .common import CACHE, DOWNLOAD, container_security_context, labels, pod_security_context
 
 DOWNLOAD_SCRIPT = "/opt/scibox/download_model.sh"
 # Exit codes of download_model.sh that no retry can fix: the Job fails at once instead of
@@ -130,10 +128,7 @@ def render_download_job(vd: VLLMDeployment, plan: ServingPlan,
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True, "runAsUser": IMAGE_UID, "runAsGroup": IMAGE_GID, "fsGroup": IMAGE_UID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security_context(),
                     **_placement(vd),
                     "containers": [{
                         "name": "download",
@@ -143,12 +138,7 @@ def render_download_job(vd: VLLMDeployment, plan: ServingPlan,
                         "env": env,
                         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
                                       "limits": {"memory": "4Gi"}},
-                        "securityContext": {
-                            "allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"]},
-                            "readOnlyRootFilesystem": True,
-                            "runAsNonRoot": True,
-                        },
+                        "securityContext": container_security_context(),
                         "volumeMounts": [
                             {"name": "model-cache", "mountPath": MODELS_MOUNT},
                             {"name": "tmp", "mountPath": "/tmp"},

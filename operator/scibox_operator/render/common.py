@@ -43,3 +43,21 @@ def metadata(vd: VLLMDeployment, name: str, component: str, **extra: Any) -> dic
     }
     meta.update(extra)
     return meta
+
+
+# The user images/vllm/Dockerfile creates (group 0, so arbitrary-UID platforms work too); fsGroup
+# makes the cache volume writable for the download Job and readable for the server.
+IMAGE_UID = 10001
+IMAGE_GID = 0
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Every workload pod: non-root as the image's user, the runtime's default seccomp profile."""
+    return {"runAsNonRoot": True, "runAsUser": IMAGE_UID, "runAsGroup": IMAGE_GID, "fsGroup": IMAGE_UID,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security_context() -> dict[str, Any]:
+    """Every workload container: no capabilities, no privilege escalation, read-only root."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True, "runAsNonRoot": True}

@@ -8,7 +8,7 @@ from typing import Any
 from ..engine_args import EngineSettings, render_vllm_args
 from ..serving import MODELS_MOUNT, ServingPlan, model_dir
 from ..spec import VLLMDeployment
-from .common import SERVER, metadata, selector_labels
+from .common import SERVER, container_security_context, metadata, pod_security_context, selector_labels
 
 CONTAINER_PORT = 8000
 PROBE_PERIOD_SECONDS = 10
@@ -18,10 +18,6 @@ GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 # Writable places under a read-only root filesystem: vLLM, torch and triton write caches below
 # HOME, and NCCL/torch need a large shared-memory /dev/shm for tensor parallel workers.
 WRITABLE_HOME = "/tmp"
-# The user images/vllm/Dockerfile creates (group 0, so arbitrary-UID platforms work too); fsGroup
-# makes the cache volume writable for the download Job and readable for the server.
-IMAGE_UID = 10001
-IMAGE_GID = 0
 
 
 def engine_settings(vd: VLLMDeployment, plan: ServingPlan) -> EngineSettings:
@@ -122,12 +118,7 @@ def render_deployment(vd: VLLMDeployment, plan: ServingPlan) -> dict[str, Any]:
         "startupProbe": _probe("/health", PROBE_PERIOD_SECONDS, startup_failures),
         "readinessProbe": _probe("/health", PROBE_PERIOD_SECONDS, 3),
         "livenessProbe": _probe("/health", 15, 4),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-        },
+        "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "model-cache", "mountPath": MODELS_MOUNT, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
@@ -138,13 +129,7 @@ def render_deployment(vd: VLLMDeployment, plan: ServingPlan) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": IMAGE_UID,
-            "runAsGroup": IMAGE_GID,
-            "fsGroup": IMAGE_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": 60,
         "containers": [container],
         "volumes": [
