@@ -120,17 +120,27 @@ class KubeClient:
         session = await self._ensure_session()
         data = None if body is None else (body if isinstance(body, (bytes, str)) else json.dumps(body))
         headers = {"Content-Type": content_type} if data is not None else {}
-        async with session.request(method, self._server + path, data=data, params=params, headers=headers) as resp:
-            text = await resp.text()
-            if self._on_request:
-                self._on_request(method, path, resp.status)
-            if resp.status >= 400:
-                try:
-                    status = json.loads(text)
-                    raise ApiError(resp.status, status.get("reason", ""), status.get("message", text))
-                except (ValueError, AttributeError):
-                    raise ApiError(resp.status, resp.reason or "", text[:500]) from None
-            return json.loads(text) if text else None
+        try:
+            async with session.request(method, self._server + path, data=data, params=params,
+                                       headers=headers) as resp:
+                text = await resp.text()
+                status_code, http_reason = resp.status, resp.reason
+        except aiohttp.ClientError as exc:
+            # A restarting API server cuts connections mid-request (ServerDisconnectedError,
+            # ClientPayloadError, ...), which are not OSErrors: as OSErrors they are transient
+            # to every caller, instead of a "crash" in reconcile or a dead leader election loop.
+            if isinstance(exc, OSError):
+                raise
+            raise ConnectionError(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
+        if self._on_request:
+            self._on_request(method, path, status_code)
+        if status_code >= 400:
+            try:
+                status = json.loads(text)
+                raise ApiError(status_code, status.get("reason", ""), status.get("message", text))
+            except (ValueError, AttributeError):
+                raise ApiError(status_code, http_reason or "", text[:500]) from None
+        return json.loads(text) if text else None
 
     async def apply(self, obj: dict[str, Any], *, status: bool = False) -> dict[str, Any]:
         """Server-side apply with one field manager; force takes back fields edited by hand."""
