@@ -263,6 +263,11 @@ def main() -> int:
         total = time.monotonic() - applied
         say(f"apply -> Ready=True/Serving in {total:.1f}s")
 
+        # The pod's own probes (every 10 s, as rendered) follow the operator's (every 2 s here).
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (cluster.rest.get(
+                f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{NAME}").get("status") or {}).get("readyReplicas") != 1:
+            time.sleep(1)
         url = f"http://{server_pod_ip(cluster)}:8000"
         answer = complete(url, "hello world")
         say(f"POST {url}/v1/completions {{prompt: 'hello world'}} -> {answer['choices'][0]['text']!r} "

@@ -118,6 +118,8 @@ BACKOFF_START_S, BACKOFF_MAX_S = 10.0, 300.0
 START_ERROR_EXIT = 128
 TICK_S = 0.5
 SHORT_TMP_ROOT = Path("/tmp/scibox-runner")
+SHM_ROOT = Path("/dev/shm")  # emptyDir medium: Memory
+SHM_OWNER_FILE = ".scibox-state-dir"
 
 
 class StartError(Exception):
@@ -514,8 +516,21 @@ def kill_marked(state_dir: Path, node: str | None = None, pod_uid: str | None = 
 
 
 def kill_leftovers(state_dir: Path, node: str | None = None) -> list[int]:
-    """Every process a (crashed) runner of this state dir left behind, killed at once."""
-    return kill_marked(Path(state_dir), node)
+    """Every process a (crashed) runner of this state dir left behind, killed at once; and its
+    pods' folders outside the state dir (memory emptyDirs, short TMPDIR links) removed."""
+    state_dir = Path(state_dir).resolve()
+    pids = kill_marked(state_dir, node)
+    prefix = str(state_dir / "runner" / node) if node else str(state_dir)
+    for link in SHORT_TMP_ROOT.glob("*") if SHORT_TMP_ROOT.is_dir() else []:
+        with contextlib.suppress(OSError):
+            if link.is_symlink() and (os.readlink(link) + "/").startswith(prefix + "/"):
+                link.unlink()
+    if node is None:  # memory volumes record the state dir only, not the node
+        for shm in SHM_ROOT.glob("scibox-runner-*"):
+            with contextlib.suppress(OSError):
+                if (shm / SHM_OWNER_FILE).read_text() == str(state_dir):
+                    shutil.rmtree(shm, ignore_errors=True)
+    return pids
 
 
 @dataclass
@@ -586,12 +601,16 @@ class Container:
         return {"waiting": {"reason": "ContainerCreating"}}
 
 
-class PodWorker(threading.Thread):
-    """Runs one pod's containers and keeps its status in the API server."""
+class PodWorker:
+    """Runs one pod's containers (in a thread of its own) and keeps its status in the API server.
+
+    Not a Thread subclass on purpose: Thread's private methods (`_delete`, `_stop`, ...) would
+    be overridden by same-named ones here, and Thread calls `_delete` when the thread ends."""
 
     def __init__(self, runner: "Runner", pod: dict):
         meta = pod["metadata"]
-        super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
+        self.thread = threading.Thread(target=self.run, name=f"pod-{meta['namespace']}/{meta['name']}",
+                                       daemon=True)
         self.runner = runner
         self.pod = pod
         self.uid = meta["uid"]
@@ -605,15 +624,23 @@ class PodWorker(threading.Thread):
         self.delete_requested = threading.Event()
         self.gone = threading.Event()  # the pod left the API: stop at once, write nothing
         self.lock = threading.Lock()
+        # Held while containers change state: the worker's own steps and a runner shutdown
+        # (another thread) must not both record the same exit.
+        self.proc_lock = threading.RLock()
         self.last_status: dict | None = None
         self.finished = False
         self.pod_message = ""
+
+    def start(self) -> None:
+        self.thread.start()
 
     # --- called from the informer thread ------------------------------------------------------
     def update(self, pod: dict) -> None:
         with self.lock:
             self.pod = pod
-        if pod["metadata"].get("deletionTimestamp"):
+        if pod["metadata"].get("deletionTimestamp") and not self.delete_requested.is_set():
+            log(f"{self.key}: deletion requested (deletionTimestamp {pod['metadata']['deletionTimestamp']}, "
+                f"grace {pod['metadata'].get('deletionGracePeriodSeconds')}s)")
             self.delete_requested.set()
 
     # --- the worker ----------------------------------------------------------------------------
@@ -631,10 +658,11 @@ class PodWorker(threading.Thread):
             self._fail_pod("init containers are not supported by the real runner")
         while not self.gone.is_set():
             if self.delete_requested.is_set():
-                self._delete()
+                self._finish_deletion()
                 return
             if not self.finished:
-                self._step()
+                with self.proc_lock:
+                    self._step()
             self._sync_status()
             self.gone.wait(TICK_S)
         self._stop_all(grace=0, reason="PodGone")
@@ -689,7 +717,8 @@ class PodWorker(threading.Thread):
         return False
 
     def _record_exit(self, c: Container) -> None:
-        assert c.process is not None
+        if c.process is None:
+            return
         code = returncode_to_exit_code(c.process.returncode)
         log_text = self._log_tail(c)
         term_file = self._termination_file(c)
@@ -765,7 +794,10 @@ class PodWorker(threading.Thread):
         name = vol["name"]
         if "emptyDir" in vol:
             if (vol["emptyDir"] or {}).get("medium") == "Memory":
-                path = Path("/dev/shm") / f"scibox-runner-{self.uid}" / name
+                root = SHM_ROOT / f"scibox-runner-{self.uid}"
+                root.mkdir(parents=True, exist_ok=True)
+                (root / SHM_OWNER_FILE).write_text(str(self.runner.state_dir))  # for kill_leftovers
+                path = root / name
             else:
                 path = self.dir / "volumes" / name
             path.mkdir(parents=True, exist_ok=True)
@@ -1041,6 +1073,10 @@ class PodWorker(threading.Thread):
         return float(self.pod["spec"].get("terminationGracePeriodSeconds", 30))
 
     def _stop_container(self, c: Container, grace: float) -> None:
+        with self.proc_lock:
+            self._stop_container_locked(c, grace)
+
+    def _stop_container_locked(self, c: Container, grace: float) -> None:
         if c.process is None:
             return
         if c.process.poll() is None:
@@ -1068,11 +1104,13 @@ class PodWorker(threading.Thread):
         # Anything that escaped its process group (a daemon that called setsid) goes too.
         kill_marked(self.runner.state_dir, self.runner.node, self.uid, grace=min(grace, 5.0))
 
-    def _delete(self) -> None:
+    def _finish_deletion(self) -> None:
         grace = self._grace()
-        if any(c.running for c in self.containers):
+        running = any(c.running for c in self.containers)
+        if running:
             self.runner.event(self.pod, "Normal", "Killing", "Stopping container(s)")
-            log(f"{self.key}: deleting, grace {grace:.0f}s")
+        if running:
+            log(f"{self.key}: stopping for the pod's deletion, grace {grace:.0f}s")
         self._stop_all(grace, "PodDeleted")
         for c in self.containers:
             if c.terminated is None:
@@ -1097,7 +1135,7 @@ class PodWorker(threading.Thread):
             link.unlink(missing_ok=True)
         shutil.rmtree(self.dir / "volumes", ignore_errors=True)
         shutil.rmtree(self.dir / "scratch", ignore_errors=True)
-        shutil.rmtree(Path("/dev/shm") / f"scibox-runner-{self.uid}", ignore_errors=True)
+        shutil.rmtree(SHM_ROOT / f"scibox-runner-{self.uid}", ignore_errors=True)
 
     # --- status -----------------------------------------------------------------------------
     def status(self, final: bool = False) -> dict:
@@ -1153,6 +1191,10 @@ class PodWorker(threading.Thread):
         return status
 
     def _sync_status(self, final: bool = False) -> None:
+        if self.runner.stop.is_set():
+            # The node is going away, not the pod: what its processes do now (killed with
+            # the runner) is no news for the API; the next runner runs the pod again.
+            return
         status = self.status(final=final)
         comparable = copy.deepcopy(status)
         for cond in comparable["conditions"]:
@@ -1165,6 +1207,7 @@ class PodWorker(threading.Thread):
             result = self.runner.rest.request("PATCH", path, {"status": status}, "application/merge-patch+json")
         except ApiError as exc:
             if exc.status == 404:
+                log(f"{self.key}: the pod is gone from the API")
                 self.gone.set()
             else:
                 log(f"{self.key}: status update failed: {exc}")
@@ -1386,6 +1429,7 @@ class Runner:
             worker = self.workers.get(uid)
             self.finished_uids.discard(uid)
         if worker is not None:
+            log(f"{worker.key}: the pod is gone from the API")
             worker.gone.set()
 
     def informer_loop(self) -> None:
@@ -1453,6 +1497,8 @@ class Runner:
             t.start()
         for t in stoppers:
             t.join()
+        for w in workers:
+            w._cleanup()
         kill_marked(self.state_dir, self.node)
         log(f"runner for {self.node} stopped")
 
@@ -1493,6 +1539,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = dict(item.split("=", 1) for item in args.label)
     runner = Runner(args.state_dir, args.node, gpus=args.gpus, node_ip=args.node_ip, pod_cidr=args.pod_cidr,
                     labels=labels, taints=tuple(args.taint))
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: thread stacks to the log
     signal.signal(signal.SIGTERM, lambda *_: runner.stop.set())
     signal.signal(signal.SIGINT, lambda *_: runner.stop.set())
     runner.run()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -253,4 +254,11 @@ def test_stopping_the_runner_stops_its_pods_processes(real_cluster, ns):
     finally:
         real_cluster.start_runner(NODE)
     # A new runner takes the node back and runs the pod again (a fresh container).
-    wait_for("the pod to run again", lambda: marked_processes(real_cluster.state_dir, NODE, pod["metadata"]["uid"]))
+    try:
+        wait_for("the pod to run again", lambda: marked_processes(real_cluster.state_dir, NODE, pod["metadata"]["uid"]))
+    except AssertionError as exc:
+        os.kill(real_cluster.pid("runner-" + NODE), signal.SIGUSR1)  # its threads' stacks, into its log
+        time.sleep(1)
+        status = json.dumps((get_pod(real_cluster, ns, "sleeper") or {}).get("status"), indent=1)
+        raise AssertionError(f"{exc}\npod status: {status}\nrunner log:\n"
+                             f"{real_cluster.log_tail('runner-' + NODE, 80)}") from None

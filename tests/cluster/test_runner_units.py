@@ -299,3 +299,21 @@ def test_marked_processes_finds_children_by_their_environment(tmp_path):
         assert child.wait(timeout=10) == -9
     finally:
         child.kill()
+
+
+def test_kill_leftovers_removes_only_this_state_dirs_memory_volumes_and_tmp_links(tmp_path, monkeypatch):
+    shm, links = tmp_path / "shm", tmp_path / "links"
+    monkeypatch.setattr(runner, "SHM_ROOT", shm)
+    monkeypatch.setattr(runner, "SHORT_TMP_ROOT", links)
+    state, other = (tmp_path / "state").resolve(), (tmp_path / "other").resolve()
+    for owner, uid in ((state, "a"), (other, "b")):
+        volume = shm / f"scibox-runner-{uid}"
+        (volume / "dshm").mkdir(parents=True)
+        (volume / runner.SHM_OWNER_FILE).write_text(str(owner))
+        target = owner / "runner" / "n" / "pods" / uid / "volumes" / "tmp"
+        target.mkdir(parents=True)
+        links.mkdir(exist_ok=True)
+        (links / f"{uid}-0").symlink_to(target)
+    runner.kill_leftovers(state)
+    assert not (shm / "scibox-runner-a").exists() and not (links / "a-0").is_symlink()
+    assert (shm / "scibox-runner-b" / "dshm").is_dir() and (links / "b-0").is_symlink()

@@ -190,6 +190,10 @@ def test_apply_download_serve_probe_metrics_delete(e2e_cluster, e2e_operator, e2
     e2e.wait_for("every pod to be gone", lambda: not e2e.pods(ns), timeout=180, ns=ns)
     e2e.wait_for("no process left", lambda: not e2e.pod_processes(), timeout=60, ns=ns)
     assert not port_open(pod_ip, 8000)
+    # The pod's memory volume (/dev/shm) and its short TMPDIR alias went with it.
+    uid = pod["metadata"]["uid"]
+    assert not (Path("/dev/shm") / f"scibox-runner-{uid}").exists()
+    assert not list(Path("/tmp/scibox-runner").glob(f"{uid[:13]}-*"))
     for kind in ("apps/v1/namespaces/{ns}/deployments", "batch/v1/namespaces/{ns}/jobs"):
         path = "/apis/" + kind.format(ns=ns)
         e2e.wait_for(f"{path} to be empty", lambda: not e2e.rest.get(path)["items"], timeout=60, ns=ns)
