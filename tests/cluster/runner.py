@@ -1474,8 +1474,8 @@ class Runner:
         if leftovers:
             log(f"killed {len(leftovers)} processes a previous runner of {self.node} left behind")
         self.register()
+        self.renew_lease()  # before Ready: whoever sees the node Ready also finds its Lease
         self.post_node_status()
-        self.renew_lease()
         threads = [threading.Thread(target=self.heartbeat_loop, name="heartbeat", daemon=True),
                    threading.Thread(target=self.informer_loop, name="pods", daemon=True)]
         for t in threads:

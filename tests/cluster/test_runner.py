@@ -99,7 +99,7 @@ def test_node_is_ready_with_fake_gpus_and_a_renewed_lease(real_cluster):
     assert node["status"]["allocatable"]["nvidia.com/gpu"] == "2"
     assert node["metadata"]["labels"]["scibox.io/real-runner"] == "true"
     lease_path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE}"
-    first = rest.get(lease_path)["spec"]["renewTime"]
+    first = wait_for("the node's lease", lambda: rest.get_or_none(lease_path))["spec"]["renewTime"]
     wait_for("the lease to be renewed", lambda: rest.get(lease_path)["spec"]["renewTime"] != first, timeout=30)
 
 
