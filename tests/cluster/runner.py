@@ -82,7 +82,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from .nodes import GPU_RESOURCE, H100_LABELS, REAL_RUNNER_LABEL, NodeShape
+from .nodes import GPU_RESOURCE, H100_LABELS, NodeShape
 from .rest import ApiError, Rest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -397,9 +397,7 @@ def termination_message(written: str, log_tail: str, exit_code: int, policy: str
     return message
 
 
-def exit_reason(exit_code: int, oom: bool = False) -> str:
-    if oom:
-        return "OOMKilled"
+def exit_reason(exit_code: int) -> str:
     return "Completed" if exit_code == 0 else "Error"
 
 
