@@ -191,7 +191,7 @@ def wait_until_serving(cluster: Cluster, timeout: float) -> float:
         status = vllmd_status(cluster)
         ready = ready_condition(status)
         now = (status.get("phase"), ready.get("reason"))
-        if now != last:
+        if now != last and now[0]:
             say(f"phase {now[0]}, Ready={ready.get('status')} ({now[1]}): {ready.get('message', '')[:100]}")
             last = now
         if ready.get("status") == "True":
@@ -274,10 +274,14 @@ def main() -> int:
             f"({answer['usage']['completion_tokens']} tokens; random weights, so gibberish is right)")
         print(cluster.kubectl("get", "vllmd,deploy,job,pod,pvc", "-n", NAMESPACE, "-o", "wide").stdout)
         print(json.dumps(vllmd_status(cluster), indent=1))
-        print(f"\nThe endpoint keeps answering:\n  curl -s {url}/v1/completions -H 'Authorization: Bearer {API_KEY}' "
-              f"-H 'Content-Type: application/json' -d '{{\"model\": \"{NAME}\", \"prompt\": \"hello\", "
-              f"\"max_tokens\": 8}}'\n  KUBECONFIG={cluster.kubeconfig} kubectl get vllmd -A\n"
-              f"Stop everything with: scripts/demo.sh --down")
+        if args.once:
+            print("\n(--once: stopping everything now)")
+        else:
+            print(f"\nThe endpoint keeps answering:\n  curl -s {url}/v1/completions "
+                  f"-H 'Authorization: Bearer {API_KEY}' -H 'Content-Type: application/json' "
+                  f"-d '{{\"model\": \"{NAME}\", \"prompt\": \"hello\", \"max_tokens\": 8}}'\n"
+                  f"  KUBECONFIG={cluster.kubeconfig} kubectl get vllmd -A\n"
+                  f"Stop everything with: scripts/demo.sh --down")
         print(json.dumps({"apply_to_ready_s": round(total, 1), "waited_s": round(took, 1),
                           "demo_total_s": round(time.monotonic() - T0, 1)}))
     finally:
