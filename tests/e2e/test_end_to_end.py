@@ -11,6 +11,8 @@ Timings (apply -> Ready and its stages) are printed, not asserted.
 from __future__ import annotations
 
 import base64
+import contextlib
+import ipaddress
 import json
 import shutil
 import socket
@@ -20,6 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.e2e.conftest import API, vllmd_body
@@ -141,6 +144,17 @@ def test_apply_download_serve_probe_metrics_delete(e2e_cluster, e2e_operator, e2
         f"/apis/apps/v1/namespaces/{ns}/deployments/tiny").get("status") or {}).get("readyReplicas") == 1,
         timeout=60, ns=ns)
     print(f"apply -> pod Ready (kubelet probes): {time.monotonic() - applied:.1f}s")
+
+    # Every socket of the server's processes stays on loopback; the API listens on the pod IP.
+    listening = set()
+    for pid in e2e.pod_processes():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for conn in psutil.Process(pid).net_connections("inet"):
+                for addr in filter(None, (conn.laddr, conn.raddr)):
+                    assert ipaddress.ip_address(addr.ip).is_loopback, (pid, conn)
+                if conn.status == psutil.CONN_LISTEN:
+                    listening.add((conn.laddr.ip, conn.laddr.port))
+    assert (pod_ip, 8000) in listening, listening
 
     # 4. A client gets a completion; without the key it is refused.
     base = f"http://{pod_ip}:8000"
