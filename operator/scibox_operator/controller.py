@@ -67,11 +67,10 @@ def storage_class_summary(body: Any) -> dict[str, Any]:
 
 
 def _trim(body: Any) -> dict[str, Any]:
-    """Keep what comparisons and status need; managedFields alone is often half an object."""
-    obj = copy.deepcopy(dict(body))
-    meta = dict(obj.get("metadata") or {})
-    meta.pop("managedFields", None)
-    obj["metadata"] = meta
+    """Keep what comparisons and status need; managedFields alone is often half an object.
+    Shallow: every watch event brings a fresh body and nothing here mutates a stored one."""
+    obj = dict(body)
+    obj["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
     return obj
 
 
@@ -94,6 +93,9 @@ class Store:
     nodes: dict[str, GpuNode] = field(default_factory=dict)
     storage_classes: dict[str, dict[str, Any]] = field(default_factory=dict)
     pods: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    # (namespace, VLLMDeployment name) -> names of its server pods: the prober's lookup per
+    # object must not scan every pod of the cluster (that was quadratic at 1000 objects)
+    pods_by_owner: dict[Key, set[str]] = field(default_factory=dict)
     readiness: dict[Key, ReadinessSummary] = field(default_factory=dict)
     # (namespace, job name) -> the download script's JSON report of its latest finished pod
     downloads: dict[Key, dict[str, Any]] = field(default_factory=dict)
@@ -134,11 +136,25 @@ class Store:
     def gpu_nodes(self) -> list[GpuNode]:
         return sorted(self.nodes.values(), key=lambda n: n.name)
 
+    def put_pod(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        self.pods[(meta["namespace"], meta["name"])] = pod
+        owner = (meta.get("labels") or {}).get(OWNER_NAME_LABEL)
+        if owner:
+            self.pods_by_owner.setdefault((meta["namespace"], owner), set()).add(meta["name"])
+
+    def drop_pod(self, namespace: str, name: str) -> None:
+        pod = self.pods.pop((namespace, name), None)
+        owner = ((pod or {}).get("metadata", {}).get("labels") or {}).get(OWNER_NAME_LABEL)
+        if owner:
+            names = self.pods_by_owner.get((namespace, owner), set())
+            names.discard(name)
+            if not names:
+                self.pods_by_owner.pop((namespace, owner), None)
+
     def server_pods(self, key: Key) -> list[dict[str, Any]]:
-        ns, name = key
-        return sorted((p for (pns, _), p in self.pods.items()
-                       if pns == ns and (p["metadata"].get("labels") or {}).get(OWNER_NAME_LABEL) == name),
-                      key=lambda p: p["metadata"]["name"])
+        ns, _ = key
+        return [self.pods[(ns, name)] for name in sorted(self.pods_by_owner.get(key, ()))]
 
 
 class WorkQueue:

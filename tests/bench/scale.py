@@ -38,16 +38,28 @@ VD_PATH = "/apis/scibox.io/v1alpha1/namespaces/{ns}/vllmdeployments"
 MUTATING = {"POST", "PUT", "PATCH", "DELETE", "APPLY"}
 
 
-def bench_nodes(n: int) -> list[NodeShape]:
-    # Room for every server pod and download pod of N objects on two nodes.
-    cap = str(max(300, 2 * n + 50))
-    return [NodeShape(f"gpu-big-{i}", cpu="100000", memory="100Ti", pods=cap, gpus=max(16, n), labels=GPU_LABELS)
-            for i in range(2)]
+MAX_N = 2000
 
 
-def vllmd(name: str) -> dict:
-    return {"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment", "metadata": {"name": name},
-            "spec": {"model": {"name": "scibox/tiny-llama"}, "resources": {"gpus": 1}, "cache": {"size": "1Gi"}}}
+def bench_nodes() -> list[NodeShape]:
+    # Room for every server pod and download pod of MAX_N objects on two nodes; fixed, because a
+    # cluster left up is reused as it is.
+    return [NodeShape(f"gpu-big-{i}", cpu="100000", memory="100Ti", pods=str(2 * MAX_N), gpus=MAX_N,
+                      labels=GPU_LABELS) for i in range(2)]
+
+
+def vllmd(name: str, source: str) -> dict:
+    if source == "pvc":  # the model already on a claim: no download Job, no cache claim per object
+        spec = {"model": {"name": "pvc://models/tiny-llama"}, "resources": {"gpus": 1}}
+    else:
+        spec = {"model": {"name": "scibox/tiny-llama"}, "resources": {"gpus": 1}, "cache": {"size": "1Gi"}}
+    return {"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment", "metadata": {"name": name}, "spec": spec}
+
+
+def expected_children(source: str) -> tuple[str, ...]:
+    if source == "pvc":
+        return ("deployments", "services")
+    return ("deployments", "services", "jobs", "persistentvolumeclaims")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -89,35 +101,59 @@ class Watcher(threading.Thread):
         self.settled: dict[str, float] = {}
         self.stop_flag = threading.Event()
 
+    def _observe(self, obj: dict) -> None:
+        name, status = obj["metadata"]["name"], obj.get("status") or {}
+        now = time.monotonic()
+        if status.get("phase") in ("Deploying", "Ready", "Degraded") and name not in self.deployed:
+            self.deployed[name] = now
+        ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+        if status.get("replicas") == 1 and ready.get("reason") in ("EngineDown", "Serving") and name not in self.settled:
+            self.settled[name] = now
+
     def run(self) -> None:
         rest = self.cluster.rest
         path = VD_PATH.format(ns=self.namespace)
-        rv = rest.get(path)["metadata"]["resourceVersion"]
+        rv = None
         while not self.stop_flag.is_set():
             try:
+                if rv is None:  # (re)list: a CRD just applied answers 429 while its storage starts
+                    listing = rest.get(path)
+                    rv = listing["metadata"]["resourceVersion"]
+                    for obj in listing["items"]:
+                        self._observe(obj)
                 for event in rest.watch(path, rv, timeout_seconds=30):
-                    obj = event["object"]
-                    rv = obj["metadata"].get("resourceVersion", rv)
-                    name, status = obj["metadata"]["name"], obj.get("status") or {}
-                    now = time.monotonic()
-                    if status.get("phase") in ("Deploying", "Ready", "Degraded") and name not in self.deployed:
-                        self.deployed[name] = now
-                    ready = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
-                    if status.get("replicas") == 1 and ready.get("reason") in ("EngineDown", "Serving") \
-                            and name not in self.settled:
-                        self.settled[name] = now
+                    rv = event["object"]["metadata"].get("resourceVersion", rv)
+                    self._observe(event["object"])
                     if self.stop_flag.is_set():
                         return
-            except Exception:  # noqa: BLE001 - re-watch from the last version on any stream error
+            except Exception:  # noqa: BLE001 - re-list and re-watch on any stream error
+                rv = None
                 time.sleep(0.5)
 
 
-def count_children(cluster: Cluster, namespace: str) -> dict[str, int]:
+def count_children(cluster: Cluster, namespace: str, kinds: tuple[str, ...]) -> dict[str, int]:
     selector = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dscibox-vllm-operator"
-    out = {}
-    for kind, path in (("deployments", "/apis/apps/v1"), ("services", "/api/v1"), ("jobs", "/apis/batch/v1"),
-                       ("persistentvolumeclaims", "/api/v1")):
-        out[kind] = len(cluster.rest.get(f"{path}/namespaces/{namespace}/{kind}?{selector}")["items"])
+    paths = {"deployments": "/apis/apps/v1", "services": "/api/v1", "jobs": "/apis/batch/v1",
+             "persistentvolumeclaims": "/api/v1"}
+    return {kind: len(cluster.rest.get(f"{paths[kind]}/namespaces/{namespace}/{kind}?{selector}")["items"])
+            for kind in kinds}
+
+
+def operator_summary(text: str) -> dict[str, float]:
+    """Reconcile passes and their mean duration, and API requests, from the operator's metrics."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, _, value = line.rpartition(" ")
+        for prefix, key in (("scibox_operator_reconcile_duration_seconds_sum", "reconcile_seconds_sum"),
+                            ("scibox_operator_reconcile_duration_seconds_count", "reconciles"),
+                            ("scibox_operator_api_requests_total", "api_requests"),
+                            ("scibox_operator_applies_total", "applies")):
+            if name.startswith(prefix):
+                out[key] = out.get(key, 0.0) + float(value)
+    if out.get("reconciles"):
+        out["reconcile_mean_seconds"] = round(out["reconcile_seconds_sum"] / out["reconciles"], 4)
     return out
 
 
@@ -135,13 +171,32 @@ def mutating(counts: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in counts.items() if k.split()[0] in MUTATING}
 
 
-def run(n: int, steady: float, timeout: float, keep: bool) -> dict:
+def top_frames(collapsed: Path, limit: int = 12) -> list[tuple[str, float]]:
+    """Share of samples in which each function is on the stack (py-spy's collapsed format)."""
+    total = 0
+    inclusive: dict[str, int] = {}
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        for frame in set(stack.split(";")):
+            inclusive[frame] = inclusive.get(frame, 0) + int(count)
+    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])
+    return [(frame, round(100 * c / total, 1)) for frame, c in ranked if "scibox_operator" in frame or "kopf" in frame][:limit]
+
+
+def run(n: int, steady: float, timeout: float, keep: bool, source: str, profile: Path | None = None) -> dict:
     cluster = Cluster(name="bench")
-    cluster.start(nodes=bench_nodes(n))
+    cluster.start(nodes=bench_nodes())
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd/vllmdeployments.scibox.io")
     namespace = f"bench-{int(time.time())}"
     cluster.kubectl("create", "namespace", namespace)
+    if source == "pvc":
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: models}\n"
+            "spec: {accessModes: [ReadWriteMany], resources: {requests: {storage: 1Gi}}}\n"))
 
     log_dir = Path(tempfile.mkdtemp(prefix="scibox-bench-"))
     operator = OperatorProcess(cluster.kubeconfig, log_dir, hub_endpoint="http://127.0.0.1:9",
@@ -155,6 +210,12 @@ def run(n: int, steady: float, timeout: float, keep: bool) -> dict:
     watcher.start()
     time.sleep(1)
 
+    spy = None
+    if profile is not None:
+        import subprocess
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(operator.proc.pid),
+                                "--rate", "50", "--format", "raw", "--output", str(profile), "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before = request_counts(cluster.metrics_text())
     started = time.monotonic()
     created_at: dict[str, float] = {}
@@ -162,7 +223,7 @@ def run(n: int, steady: float, timeout: float, keep: bool) -> dict:
 
     def create(i: int) -> None:
         name = f"m-{i:05d}"
-        rest.create(VD_PATH.format(ns=namespace), vllmd(name))
+        rest.create(VD_PATH.format(ns=namespace), vllmd(name, source))
         created_at[name] = time.monotonic()
 
     with ThreadPoolExecutor(16) as pool:
@@ -179,9 +240,14 @@ def run(n: int, steady: float, timeout: float, keep: bool) -> dict:
             break
         time.sleep(0.5)
     converge_end = time.monotonic()
+    operator_metrics = operator_summary(operator.metrics())
+    if spy is not None:
+        import signal
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
     after_converge = request_counts(cluster.metrics_text())
     cpu_converge = sampler.cpu_seconds() - cpu0
-    children = count_children(cluster, namespace)
+    children = count_children(cluster, namespace, expected_children(source))
 
     time.sleep(steady)
     after_steady = request_counts(cluster.metrics_text())
@@ -191,8 +257,11 @@ def run(n: int, steady: float, timeout: float, keep: bool) -> dict:
     settle_lat = [watcher.settled[k] - created_at[k] for k in created_at if k in watcher.settled]
     converge_requests = by_verb_resource(before, after_converge)
     steady_requests = by_verb_resource(after_converge, after_steady)
+    ours = {"vllmdeployments", "deployments", "services", "jobs", "persistentvolumeclaims", "servicemonitors",
+            "networkpolicies", "leaderworkersets"}
     result = {
         "n": n,
+        "model_source": source,
         "create_seconds": round(created_s, 2),
         "all_children_seconds": None if children_s is None else round(children_s, 2),
         "all_status_settled_seconds": None if settled_s is None else round(settled_s, 2),
@@ -207,10 +276,19 @@ def run(n: int, steady: float, timeout: float, keep: bool) -> dict:
         "steady_state_seconds": steady,
         "api_requests_steady": steady_requests,
         "api_mutating_requests_steady": mutating(steady_requests),
+        # Only the operator writes these kinds (the cluster's controllers write their status
+        # subresources, the endpoints and events; kwok's pods sit on loopback IPs that
+        # EndpointSlice validation refuses, so the endpoints controller retries forever).
+        "operator_kinds_mutating_requests_steady": {
+            k: v for k, v in mutating(steady_requests).items()
+            if k.split()[1].split("/")[0] in ours and (k.split()[1] == "vllmdeployments/status"
+                                                        or "/" not in k.split()[1])},
         "operator_peak_rss_mb": round(sampler.peak_rss / 2**20, 1),
         "operator_cpu_seconds_convergence": round(cpu_converge, 2),
         "operator_cpu_seconds_steady": round(cpu_steady, 2),
         "convergence_wall_seconds": round(converge_end - started, 2),
+        "operator_metrics_at_convergence": operator_metrics,
+        "profile_top_frames_percent": top_frames(profile) if profile is not None and profile.exists() else None,
         "operator_log": str(operator.log_path),
     }
     for k in ("create_to_deployment_latency_s", "create_to_settled_status_latency_s"):
@@ -231,10 +309,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="N=100 and 30 s steady state")
     parser.add_argument("--keep", action="store_true", help="keep the namespace afterwards")
     parser.add_argument("--down", action="store_true", help="stop the bench cluster at the end")
+    parser.add_argument("--profile", type=Path, help="py-spy the operator during convergence into this file")
+    parser.add_argument("--model-source", choices=("hub", "pvc"), default="hub",
+                        help="hub: each object gets a cache claim and a download Job (the full path); "
+                             "pvc: pvc:// models on one existing claim (the operator alone)")
     args = parser.parse_args()
+    if args.n > MAX_N:
+        parser.error(f"--n at most {MAX_N}")
     if args.quick:
         args.n, args.steady, args.timeout = 100, 30.0, 90.0
-    result = run(args.n, args.steady, args.timeout, args.keep)
+    result = run(args.n, args.steady, args.timeout, args.keep, args.model_source, args.profile)
     print(json.dumps(result, indent=2))
     if args.down:
         Cluster(name="bench").down()
