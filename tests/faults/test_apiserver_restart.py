@@ -96,3 +96,24 @@ def test_a_write_storm_during_repeated_api_server_restarts_converges(cluster, op
         dep = next(c for c in snap.children if c["kind"] == "Deployment" and c["metadata"]["name"] == name)
         assert want in dep["spec"]["template"]["spec"]["containers"][0]["args"], name
     assert operator.proc.poll() is None
+
+
+LONG_DOWN_FOR = 70.0  # longer than kopf's watch retry budget (9 attempts, about a minute)
+
+
+def test_an_outage_longer_than_the_watch_retry_budget_is_survived(cluster, operator, namespace):
+    """kopf gives up on a watch after its retries and starts it over ("escalating"): the
+    operator must neither exit nor stay blind once the API server is back."""
+    pid = operator.proc.pid
+    apply_all(cluster, namespace, [vllmd(f"long-{i}") for i in range(3)])
+    _converged(cluster, namespace)
+    cluster.restart_apiserver(graceful=False, down_for=LONG_DOWN_FOR)
+    t_back = time.monotonic()
+    assert operator.proc.poll() is None and operator.proc.pid == pid, operator.log_tail()
+    apply_all(cluster, namespace, [vllmd(f"long-new-{i}") for i in range(2)]
+              + [vllmd("long-0", engine={"maxNumSeqs": 11})])
+    _, lag = wait_converged(cluster, namespace, timeout=300, expect_args={"long-0": "--max-num-seqs=11"})
+    numbers = {"down_for_s": LONG_DOWN_FOR, "converged_after_back_s": round(time.monotonic() - t_back, 1),
+               "operator_lag_s": round(lag, 1)}
+    assert operator.proc.poll() is None
+    print("\nFAULTS apiserver-long-outage " + json.dumps(numbers, sort_keys=True))
