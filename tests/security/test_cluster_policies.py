@@ -1,0 +1,95 @@
+"""Security policies end to end on the real cluster (issue 10).
+
+- trustRemoteCode is false unless set, and an operator started with
+  SCIBOX_FORBID_TRUST_REMOTE_CODE=true (the Helm value) refuses objects that set it:
+  Ready=False reason TrustRemoteCodeForbidden and no child at all.
+- The API key from auth.apiKeySecretRef reaches the server only as a secretKeyRef: its value is
+  in no child, no status, no Event and no operator log line.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.operator import OperatorProcess
+from tests.operator.kubehelp import condition, get, wait_for
+
+from tests.faults.convergence import CHILD_KINDS, MANAGED, apply_all, vllmd, wait_converged
+
+pytestmark = pytest.mark.cluster
+
+
+def server_args(cluster, namespace: str, name: str) -> list[str]:
+    dep = wait_for(lambda: get(cluster, "deployment", name, namespace), timeout=90, what=f"Deployment {name}")
+    return dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_trust_remote_code_is_off_unless_set_and_on_only_when_asked(cluster, operator, namespace):
+    apply_all(cluster, namespace, [vllmd("plain"), vllmd("remote", model={"name": "scibox/tiny-llama",
+                                                                           "trustRemoteCode": True})])
+    stored = get(cluster, "vllmd", "plain", namespace)
+    assert stored["spec"]["model"]["trustRemoteCode"] is False, "the API server defaults it to false"
+    assert not [a for a in server_args(cluster, namespace, "plain") if "trust" in a.lower()]
+    assert [a for a in server_args(cluster, namespace, "remote") if "trust" in a.lower()] == ["--trust-remote-code"]
+
+
+@pytest.mark.slow
+def test_an_operator_that_forbids_remote_code_refuses_it_and_serves_the_rest(cluster, operator, namespace,
+                                                                          hub_endpoint, tmp_path):
+    operator.stop()  # the session's operator allows remote code: it must not act meanwhile
+    strict = OperatorProcess(Path(cluster.kubeconfig), tmp_path / "strict", hub_endpoint=hub_endpoint,
+                             extra_env={"SCIBOX_FORBID_TRUST_REMOTE_CODE": "true"})
+    try:
+        strict.start()
+        apply_all(cluster, namespace, [vllmd("allowed"), vllmd("refused", model={"name": "scibox/tiny-llama",
+                                                                                  "trustRemoteCode": True})])
+        refused = wait_for(lambda: (lambda o: o if condition(o, "Ready") else None)(
+            get(cluster, "vllmd", "refused", namespace)), timeout=60, what="a verdict on the refused one")
+        ready = condition(refused, "Ready")
+        assert (ready["status"], ready["reason"], refused["status"]["phase"]) == \
+            ("False", "TrustRemoteCodeForbidden", "Failed")
+        assert "trustRemoteCode" in ready["message"]
+        wait_for(lambda: get(cluster, "deployment", "allowed", namespace), timeout=90, what="the allowed one deployed")
+        kids = json.loads(cluster.kubectl("get", CHILD_KINDS, "-n", namespace, "-l", MANAGED, "-o", "json").stdout)
+        refused_kids = [k["metadata"]["name"] for k in kids["items"]
+                        if "refused" in [r["name"] for r in k["metadata"].get("ownerReferences") or []]
+                        or k["metadata"]["name"].startswith("refused")]
+        assert refused_kids == [], f"children of a refused object: {refused_kids}"
+
+        # Turning it off is enough to be served.
+        apply_all(cluster, namespace, [vllmd("refused", model={"name": "scibox/tiny-llama", "trustRemoteCode": False})])
+        args = server_args(cluster, namespace, "refused")
+        assert not [a for a in args if "trust" in a.lower()]
+        assert strict.proc.poll() is None
+    finally:
+        strict.stop()
+        operator.start()
+
+
+def test_the_api_key_value_appears_nowhere_but_in_its_secret(cluster, operator, namespace):
+    key_value = f"sk-scibox-{uuid.uuid4().hex}"
+    log_offset = operator.log_path.stat().st_size
+    cluster.kubectl("create", "secret", "generic", "model-key", "-n", namespace, f"--from-literal=api-key={key_value}")
+    apply_all(cluster, namespace, [vllmd("keyed", auth={"apiKeySecretRef": {"name": "model-key"}})])
+    snap, _ = wait_converged(cluster, namespace, timeout=120)
+
+    container = next(c for c in snap.children if c["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "model-key", "key": "api-key"}}} \
+        in container["env"]
+    encoded = base64.b64encode(key_value.encode()).decode()
+    places = {
+        "children": json.dumps(snap.children),
+        "VLLMDeployment": json.dumps(snap.vllmds),
+        "events": cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout,
+        "pods": cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout,
+    }
+    with open(operator.log_path, errors="replace") as log:
+        log.seek(log_offset)
+        places["operator log"] = log.read()
+    for where, text in places.items():
+        assert key_value not in text and encoded not in text, f"the API key leaked into the {where}"
