@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-import time
 import uuid
 from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.waiting import wait_for as poll
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -21,15 +22,7 @@ WAIT = 60.0  # generous ceiling for polling; not a performance assertion
 
 
 def wait_for(what: str, probe, timeout: float = WAIT):
-    """Poll `probe()` until it returns something truthy and return that."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last probe gave {last!r}")
+    return poll(what, probe, timeout)
 
 
 def gpu_deployment(name: str, gpus: int) -> client.V1Deployment:

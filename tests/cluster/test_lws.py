@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import time
 import uuid
 
 import psutil
 import pytest
+
+from tests.waiting import wait_for as poll
 import yaml
 
-from tests import conftest
 from tests.cluster import Cluster, NodeShape
 from tests.cluster import lws as lws_mod
 from tests.cluster.lws import (
@@ -27,24 +27,12 @@ from tests.cluster.lws import (
 from tests.cluster.nodes import GPU_RESOURCE, H100_LABELS
 from tests.cluster.rest import ApiError
 
-# The session fixture, until tests/conftest.py lists its plugin module.
-if "tests.fixtures.lws" not in conftest.pytest_plugins:
-    from tests.fixtures.lws import lws  # noqa: F401
-
 WAIT = 90.0  # generous ceiling for polling; not a performance assertion
 LWS_API = "/apis/leaderworkerset.x-k8s.io/v1"
 
 
 def wait_for(what: str, probe, timeout: float = WAIT):
-    """Poll `probe()` until it returns something truthy and return that."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last probe gave {last!r}")
+    return poll(what, probe, timeout)
 
 
 def leaderworkerset(name: str, size: int, gpus: int = 0, replicas: int = 1) -> dict:

@@ -18,6 +18,8 @@ import uuid
 import psutil
 import pytest
 
+from tests.waiting import wait_for as poll
+
 from tests.cluster import Cluster
 from tests.cluster.nodes import REAL_RUNNER_TOLERATION, real_runner_node
 from tests.cluster.rest import ApiError, Rest
@@ -30,14 +32,7 @@ WAIT = 60.0  # a ceiling for polling, not a performance assertion
 
 
 def wait_for(what: str, probe, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last probe gave {last!r}")
+    return poll(what, probe, timeout)
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_for as poll
 
 from tests.cluster import Cluster
 from tests.cluster.nodes import REAL_RUNNER_TOLERATION, real_runner_node
@@ -59,15 +60,10 @@ class E2E:
     def wait_for(self, what: str, probe, timeout: float, ns: str | None = None, every: float = 0.5):
         """Poll `probe()` until truthy and return it; on timeout fail with what the cluster,
         the runner and the operator say (a ceiling, not a performance assertion)."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = probe()
-            if last:
-                return last
-            time.sleep(every)
-        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}\n"
-                             + self.diagnostics(ns))
+        try:
+            return poll(what, probe, timeout, every=every)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n" + self.diagnostics(ns)) from None
 
     def diagnostics(self, ns: str | None) -> str:
         parts = []

@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from typing import Any, Callable
 
 import yaml
+
+from tests.waiting import wait_for as poll
 
 MUTATING = ("POST", "PUT", "PATCH", "DELETE", "APPLY")
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float = 60, interval: float = 0.3, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except Exception as exc:  # noqa: BLE001 - keep polling through transient API errors
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+    # kubectl calls fail now and then while the cluster is busy: keep polling through them.
+    return poll(what, predicate, timeout, every=interval, transient=(Exception,))
 
 
 def get(cluster, kind: str, name: str | None = None, namespace: str | None = None) -> Any:
