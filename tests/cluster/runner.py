@@ -82,6 +82,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from tests.vllm_cpu import SERVER_ENV
+
 from .nodes import GPU_RESOURCE, H100_LABELS, NodeShape
 from .rest import ApiError, Rest
 
@@ -98,14 +100,8 @@ IMAGE_ENV = {  # the ENV lines of images/vllm/Dockerfile that matter outside a c
 }
 PYTHON_NAMES = ("python3", "python")
 VLLM_SERVER_MODULES = ("vllm.entrypoints.openai.api_server",)
-VLLM_CPU_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "VLLM_DO_NOT_TRACK": "1",
-    "DO_NOT_TRACK": "1",
-}
+# What vLLM's CPU build needs here, as for the test servers; the pod's own IP replaces 127.0.0.1.
+VLLM_CPU_ENV = {k: v for k, v in SERVER_ENV.items() if k != "VLLM_HOST_IP"}
 CLOSED_HUB_ENDPOINT = "http://127.0.0.1:9"  # discard port: nothing listens, nothing leaves
 TERMINATION_LOG_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_MAX = 4096
