@@ -8,6 +8,7 @@ model cost one request.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -42,9 +43,9 @@ class HubClient:
         self.default_endpoint = default_endpoint.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
-        self._done: dict[tuple[str, str, str], ModelMetadata] = {}
-        self._failed: dict[tuple[str, str, str], tuple[float, HubError]] = {}
-        self._inflight: dict[tuple[str, str, str], asyncio.Future[ModelMetadata]] = {}
+        self._done: dict[tuple[str, str, str, str], ModelMetadata] = {}
+        self._failed: dict[tuple[str, str, str, str], tuple[float, HubError]] = {}
+        self._inflight: dict[tuple[str, str, str, str], asyncio.Future[ModelMetadata]] = {}
 
     async def close(self) -> None:
         if self._session is not None:
@@ -52,7 +53,10 @@ class HubClient:
 
     async def metadata(self, repo: str, revision: str, *, endpoint: str | None = None,
                        token: str | None = None) -> ModelMetadata:
-        key = ((endpoint or self.default_endpoint).rstrip("/"), repo, revision)
+        # The token is part of the key: a gated model refused without one must not stay refused
+        # once a token is configured (only a digest of it is kept).
+        fingerprint = hashlib.sha256(token.encode()).hexdigest()[:16] if token else ""
+        key = ((endpoint or self.default_endpoint).rstrip("/"), repo, revision, fingerprint)
         if key in self._done:
             return self._done[key]
         failed = self._failed.get(key)

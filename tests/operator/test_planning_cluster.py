@@ -1,0 +1,58 @@
+"""Auto parallelism in the operator: the model's config.json comes from the hub API (here the
+local mirror the operator fixture points at), before any GPU Deployment exists (issue 4)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .kubehelp import apply, condition, get, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def auto(name: str, repo: str, **cache) -> dict:
+    return {"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment", "metadata": {"name": name},
+            "spec": {"model": {"name": repo, "maxModelLen": 256, "dtype": "bfloat16"},
+                     "resources": {"gpuProduct": "NVIDIA-H100-80GB-HBM3"}, "cache": cache}}
+
+
+def planned(cluster, ns, name):
+    vd = get(cluster, "vllmd", name, ns) or {}
+    cond = condition(vd, "ParallelismPlanned")
+    return vd if cond else None
+
+
+def test_auto_sizes_come_from_the_model_config_on_the_hub(cluster, operator, hub_mirror, namespace):
+    apply(cluster, namespace, auto("tiny", "scibox/tiny-llama"))
+    vd = wait_for(lambda: planned(cluster, namespace, "tiny"), timeout=60, what="a parallelism plan")
+    cond = condition(vd, "ParallelismPlanned")
+    assert cond["status"] == "True", cond
+    status = vd["status"]
+    # 2 attention heads, 1 KV head, ~0.7 MB of weights: one H100 is the smallest layout.
+    assert (status["tensorParallelSize"], status["pipelineParallelSize"], status["gpusPerReplica"]) == (1, 1, 1)
+    assert "H100" in status["parallelismReason"]
+    dep = wait_for(lambda: get(cluster, "deployment", "tiny", namespace), timeout=90, what="the Deployment")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    claim = get(cluster, "pvc", status["cacheClaim"], namespace)
+    assert claim["spec"]["resources"]["requests"]["storage"] == "3Gi", "auto size: weights + 10% + 2 GiB"
+    assert hub_mirror.requests("GET", "/scibox/tiny-llama/resolve/main/config.json"), "read from the hub API"
+
+
+@pytest.mark.parametrize("repo,reason", [("scibox/no-such-model", "ModelNotFound"),
+                                         ("scibox/gated-tiny", "Unauthorized")])
+def test_hub_errors_stop_before_any_workload_with_a_reason(cluster, operator, hub_mirror, namespace, repo, reason):
+    apply(cluster, namespace, auto("bad", repo))
+    vd = wait_for(lambda: (lambda o: o if (condition(o, "Ready") or {}).get("reason") == reason else None)(
+        get(cluster, "vllmd", "bad", namespace) or {}), timeout=60, what=f"Ready=False {reason}")
+    assert vd["status"]["phase"] == "Failed" and repo in condition(vd, "Ready")["message"]
+    assert get(cluster, "deployment", "bad", namespace) is None and not get(cluster, "jobs", None, namespace)["items"]
+
+
+def test_a_hub_token_from_the_secret_opens_a_gated_model(cluster, operator, hub_mirror, namespace):
+    cluster.kubectl("create", "secret", "generic", "hf", "-n", namespace, "--from-literal=token=hf_test_token")
+    apply(cluster, namespace, auto("gated", "scibox/gated-tiny", tokenSecretRef={"name": "hf"}))
+    vd = wait_for(lambda: planned(cluster, namespace, "gated"), timeout=60, what="a plan")
+    assert condition(vd, "ParallelismPlanned")["status"] == "True", vd["status"]
+    job = wait_for(lambda: get(cluster, "jobs", None, namespace)["items"], timeout=60, what="the download Job")[0]
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
