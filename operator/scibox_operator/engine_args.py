@@ -256,6 +256,11 @@ SERVICE_ENV: dict[str, str] = {
     "VLLM_CONFIG": "the config file path is set by the service",
     "VLLM_PYTHON": "the interpreter is set by the image",
     "CACHE_DIR": "the model cache location is set by the service",
+    # Set by the operator on every server pod (render/deployment.py server_env):
+    "HOME": "the writable home under the read-only root filesystem is set by the service",
+    "VLLM_NO_USAGE_STATS": "usage statistics stay off: the service sends nothing outside the cluster",
+    "VLLM_DO_NOT_TRACK": "usage statistics stay off: the service sends nothing outside the cluster",
+    "DO_NOT_TRACK": "usage statistics stay off: the service sends nothing outside the cluster",
 }
 
 
