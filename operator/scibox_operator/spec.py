@@ -154,7 +154,9 @@ class Cache(_Model):
     storage_class_name: str | None = None
     size: str = "auto"
     access_mode: Literal["Auto", "ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = "Auto"
-    existing_claim: str | None = None
+    # A claim name (DNS-1123 subdomain): anything else names no claim and no download Job.
+    existing_claim: str | None = Field(default=None, max_length=253,
+                                       pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     deletion_policy: Literal["Retain", "Delete"] = "Retain"
     download_image: str | None = None
     token_secret_ref: SecretKeyRef | None = None
