@@ -129,3 +129,28 @@ def test_fifty_converge_without_faults(cluster, operator, namespace):
     assert sorted(snap.vllmds) == names
     print("\nFAULTS baseline " + json.dumps({"vllmdeployments": N,
                                               "converged_s": round(time.monotonic() - started, 1)}))
+
+
+def test_sigkill_with_a_shared_cache_claim_leaves_it_owned_by_the_live_users_only(cluster, operator, namespace):
+    """Ten VLLMDeployments of one model share one ReadWriteMany claim and one download Job,
+    owned by all of them. Users deleted while the operator is dead must drop out of the
+    owners; the claim stays while one user is left."""
+    names = [f"shared-{i}" for i in range(10)]
+    cache = {"size": "1Gi", "accessMode": "ReadWriteMany", "deletionPolicy": "Delete"}
+    baseline = _deployment_applies(operator)
+    try:
+        apply_all(cluster, namespace, [vllmd(n, cache=cache) for n in names])
+        _kill_after_applies(cluster, operator, namespace, baseline, 3)
+        cluster.kubectl("delete", "vllmd", *names[:4], "-n", namespace, "--wait=false")
+        operator.start()
+        snap = _wait_converged(cluster, namespace)
+    finally:
+        if operator.proc is None or operator.proc.poll() is not None:
+            operator.start()
+    claims = [c for c in snap.children if c["kind"] == "PersistentVolumeClaim"]
+    jobs = [c for c in snap.children if c["kind"] == "Job"]
+    assert len(claims) == 1 and len(jobs) == 1, [c["metadata"]["name"] for c in claims + jobs]
+    live = {v["metadata"]["uid"] for v in snap.vllmds.values()}
+    for child in claims + jobs:
+        owners = {r["uid"] for r in child["metadata"]["ownerReferences"]}
+        assert owners == live, f"{child['kind']} owners {len(owners)} != the {len(live)} live users"
