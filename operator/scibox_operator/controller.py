@@ -9,7 +9,6 @@ request at all: every comparison is against the watch cache.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import os
 import random
@@ -17,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable
+
+import aiohttp
 
 from . import metrics
 from .hub import HubClient, HubError
@@ -59,6 +60,17 @@ class Settings:
     max_backoff: float = 300.0
     # API keys and hub tokens are re-read this often, so a rotated Secret is picked up.
     secret_ttl: float = float(os.environ.get("SCIBOX_SECRET_TTL_SECONDS", "60"))
+
+
+TRANSIENT_MAX_BACKOFF = 15.0
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, ApiError):
+        return exc.status in (0, 408, 429) or exc.status >= 500
+    if isinstance(exc, HubError):
+        return not exc.permanent
+    return True  # connection refused/reset, timeouts
 
 
 def storage_class_summary(body: Any) -> dict[str, Any]:
@@ -281,13 +293,13 @@ class Controller:
                 result = "ok"
                 try:
                     retry_after = await self.reconcile(key)
-                except (ApiError, HubError, OSError, asyncio.TimeoutError) as exc:
+                except (ApiError, HubError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
                     result = "error"
-                    retry_after = self._backoff(key)
+                    retry_after = self._backoff(key, transient=_transient(exc))
                     log.warning("reconcile %s/%s failed (retry in %.0fs): %s", *key, retry_after, exc)
                 except Exception:  # a bug must not stop the worker or affect other objects
                     result = "error"
-                    retry_after = self._backoff(key)
+                    retry_after = self._backoff(key, transient=False)
                     log.exception("reconcile %s/%s crashed (retry in %.0fs)", *key, retry_after)
                 else:
                     if retry_after is None:
@@ -299,10 +311,14 @@ class Controller:
             finally:
                 self.queue.done(key)
 
-    def _backoff(self, key: Key) -> float:
+    def _backoff(self, key: Key, *, transient: bool = False) -> float:
+        """Exponential per object, with jitter. An API server that is restarting or overloaded
+        (connection refused, 429, 5xx) is retried within TRANSIENT_MAX_BACKOFF: the backoff a
+        long outage built up must not keep objects waiting minutes after the server is back."""
         n = self.failures.get(key, 0) + 1
         self.failures[key] = n
-        return min(self.settings.max_backoff, (2 ** min(n, 10)) * (0.75 + random.random() / 2))
+        ceiling = TRANSIENT_MAX_BACKOFF if transient else self.settings.max_backoff
+        return min(ceiling, (2 ** min(n, 10)) * (0.75 + random.random() / 2))
 
     # --- reconcile -------------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ Settings come from the environment (see README: SCIBOX_*).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import Any

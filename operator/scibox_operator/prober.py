@@ -11,7 +11,6 @@ import ipaddress
 import logging
 import os
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 import aiohttp
