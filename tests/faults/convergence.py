@@ -158,3 +158,22 @@ def wait_converged(cluster, namespace: str, *, timeout: float = 420, **expect) -
         if time.monotonic() > deadline:
             raise AssertionError(f"not converged after {timeout}s; {len(last)} problems:\n" + "\n".join(last[:40]))
         time.sleep(0.5)
+
+
+def wait_controllers_recovered(cluster, timeout: float = 240) -> float:
+    """After a long API server outage kube-controller-manager backs off for a while: wait until
+    it serves again (a new namespace gets its `default` ServiceAccount), so that the next test's
+    fixtures do not pay for this test's fault. Returns the seconds waited."""
+    import uuid
+
+    started = time.monotonic()
+    ns = f"recover-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", ns)
+    try:
+        while cluster.kubectl("get", "serviceaccount", "default", "-n", ns, check=False).returncode != 0:
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"kube-controller-manager still not serving {timeout}s after the outage")
+            time.sleep(1)
+    finally:
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    return time.monotonic() - started

@@ -12,9 +12,17 @@ import time
 
 import pytest
 
-from .convergence import apply_all, converged_count, metric_sum, snapshot, vllmd, wait_converged
+from .convergence import (apply_all, converged_count, metric_sum, snapshot, vllmd, wait_controllers_recovered,
+                          wait_converged)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def controllers_back_afterwards(cluster):
+    """The next test's fixtures must not pay for this test's API server restarts."""
+    yield
+    wait_controllers_recovered(cluster)
 
 DOWN_FOR = 5.0
 
@@ -116,4 +124,5 @@ def test_an_outage_longer_than_the_watch_retry_budget_is_survived(cluster, opera
     numbers = {"down_for_s": LONG_DOWN_FOR, "converged_after_back_s": round(time.monotonic() - t_back, 1),
                "operator_lag_s": round(lag, 1)}
     assert operator.proc.poll() is None
+    numbers["controllers_recovered_after_s"] = round(wait_controllers_recovered(cluster), 1)  # reported here
     print("\nFAULTS apiserver-long-outage " + json.dumps(numbers, sort_keys=True))

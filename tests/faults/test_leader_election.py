@@ -17,7 +17,7 @@ import pytest
 from tests.fixtures.operator import OperatorProcess
 from tests.operator.kubehelp import get, wait_for
 
-from .convergence import apply_all, metric_sum, vllmd, wait_converged
+from .convergence import apply_all, metric_sum, vllmd, wait_controllers_recovered, wait_converged
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -99,4 +99,5 @@ def test_two_replicas_exactly_one_acts_and_the_standby_takes_over(cluster, opera
         for replica in replicas.values():
             replica.stop()
         operator.start()
+        wait_controllers_recovered(cluster)  # the API server restart above must not cost the next test
         print("\nFAULTS leader-election " + json.dumps(numbers, sort_keys=True))
