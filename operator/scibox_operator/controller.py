@@ -342,10 +342,10 @@ class Controller:
 
         retry: float | None = None
         config = index = None
-        par = vd.spec.parallelism
-        sizes_open = isinstance(vd.spec.resources.gpus, str) and "auto" in (par.tensor_parallel_size,
-                                                                            par.pipeline_parallel_size)
-        needs_metadata = not vd.spec.model.is_pvc and (sizes_open or vd.spec.cache.size == "auto")
+        # Hub models: the config is read even when every size is explicit, so that sizes vLLM
+        # would refuse (TP not dividing the heads) fail here, not in a crash-looping pod. When
+        # the hub is unreachable, explicit sizes still deploy (see decide_serving_plan).
+        needs_metadata = not vd.spec.model.is_pvc
         hub_error: HubError | None = None
         if needs_metadata:
             try:

@@ -171,7 +171,16 @@ def decide_serving_plan(vd: VLLMDeployment, *, config: dict | None, safetensors_
     candidates = matching_gpu_nodes(vd, nodes)
     gpu = _gpu_type(vd, candidates) if (facts is not None or tp is None or pp is None) else None
     gpus_per_node = max((n.gpus for n in candidates), default=0)
-    if tp is not None and pp is not None and (facts is None or gpu is None):
+    if tp is not None and pp is not None:
+        # Explicit sizes are the user's call: only what vLLM would refuse at start-up stops them
+        # (the memory estimate is deliberately conservative and only chooses sizes for `auto`).
+        if facts is not None:
+            problem = planning.tensor_parallel_problem(facts, tp, facts.quantization)
+            if problem:
+                raise PlanFailure("TensorParallelNotDivisor", f"tensorParallelSize {tp}: {problem}")
+            if pp > facts.num_layers:
+                raise PlanFailure("PipelineParallelTooLarge",
+                                  f"pipelineParallelSize {pp} exceeds the model's {facts.num_layers} layers")
         reason = f"set in the spec: tensor {tp} x pipeline {pp}"
         if facts is None and (tp_in == "auto" or pp_in == "auto"):
             reason = f"resources.gpus={gpus_in}: tensor {tp} x pipeline {pp}"
