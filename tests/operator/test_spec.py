@@ -73,3 +73,13 @@ def test_crd_defaults_match_the_model_defaults():
     assert spec["model"]["properties"]["trustRemoteCode"]["default"] is model.model.trust_remote_code is False
     assert spec["rollout"]["properties"]["startupTimeoutSeconds"]["default"] == model.rollout.startup_timeout_seconds
     assert spec["service"]["properties"]["port"]["default"] == model.service.port
+
+
+def test_the_crd_refuses_every_env_variable_the_operator_owns():
+    import re
+
+    from scibox_operator.engine_args import SERVICE_ENV, SETTINGS_ENV
+
+    rules = SCHEMA["properties"]["spec"]["properties"]["engine"]["properties"]["env"]["x-kubernetes-validations"]
+    listed = set(re.findall(r"'([A-Z_]+)'", next(r["rule"] for r in rules if "e.name in" in r["rule"])))
+    assert set(SERVICE_ENV) | {s.env for s in SETTINGS_ENV} <= listed
