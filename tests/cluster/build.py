@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,12 @@ def _go(args: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
-def _module_dir(module: str, version: str, cwd: Path) -> Path:
+def module_dir(module: str, version: str, cwd: Path | None = None) -> Path:
+    """A module's source in the Go module cache, downloaded from the proxy if absent (outside
+    any module `go mod download` needs only the proxy, hence the temporary directory)."""
+    if cwd is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return module_dir(module, version, Path(tmp))
     out = _go(["mod", "download", "-json", f"{module}@{version}"], cwd)
     match = re.search(r'"Dir":\s*"([^"]+)"', out)
     if not match:
@@ -98,7 +104,7 @@ def _write_wrapper(tool: GoTool, workdir: Path) -> None:
              f"require {tool.module} {tool.version}", ""]
     if tool is KUBERNETES:
         (workdir / "go.mod").write_text("\n".join(lines))
-        src = _module_dir(tool.module, tool.version, workdir)
+        src = module_dir(tool.module, tool.version, workdir)
         lines += staging_replaces((src / "go.mod").read_text(), versions.KUBERNETES_STAGING)
     (workdir / "go.mod").write_text("\n".join(lines) + "\n")
     # A blank-import file keeps `go mod tidy` from dropping the requirement.

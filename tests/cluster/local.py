@@ -743,14 +743,7 @@ class Cluster:
 
 def _module_source_dir(tool: build.GoTool) -> Path:
     """Where the Go module cache holds `tool`'s sources (downloaded by its build)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as cwd:
-        proc = subprocess.run(
-            ["go", "mod", "download", "-json", f"{tool.module}@{tool.version}"], cwd=cwd,
-            capture_output=True, text=True, env=dict(os.environ, GOTOOLCHAIN="local"),
-        )
     try:
-        return Path(json.loads(proc.stdout)["Dir"])
-    except (ValueError, KeyError):
-        raise ClusterError(f"go mod download {tool.module}@{tool.version}: {proc.stderr.strip()}")
+        return build.module_dir(tool.module, tool.version)
+    except RuntimeError as exc:
+        raise ClusterError(str(exc)) from None

@@ -31,9 +31,7 @@ import contextlib
 import copy
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -86,18 +84,10 @@ class LwsError(ClusterError):
 # ---- the module's files --------------------------------------------------------------------
 def module_dir(version: str = versions.LWS) -> Path:
     """The module's source in the Go module cache (downloaded from the proxy if absent)."""
-    with tempfile.TemporaryDirectory() as cwd:
-        env = dict(os.environ, GOFLAGS="-mod=mod", GOTOOLCHAIN="local")
-        proc = subprocess.run(["go", "mod", "download", "-json", f"{MODULE}@{version}"],
-                              cwd=cwd, env=env, capture_output=True, text=True)
     try:
-        info = json.loads(proc.stdout)
-    except ValueError:
-        info = {}
-    if proc.returncode != 0 or "Dir" not in info:
-        raise LwsError(f"go mod download {MODULE}@{version} failed: {info.get('Error')} "
-                       f"{proc.stderr.strip()}")
-    return Path(info["Dir"])
+        return build.module_dir(MODULE, version)
+    except RuntimeError as exc:
+        raise LwsError(str(exc)) from None
 
 
 def _load_yaml_docs(path: Path) -> list[dict]:

@@ -7,16 +7,12 @@ CRD YAMLs. Only the kinds the operator uses are installed.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-from . import versions
+from . import build, versions
 from .rest import Rest
 
 MODULE = "github.com/prometheus-operator/prometheus-operator"
@@ -28,21 +24,8 @@ CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
 def module_dir(version: str = versions.PROMETHEUS_OPERATOR) -> Path:
-    # Outside any module, `go mod download` only needs the proxy (or the local cache).
-    with tempfile.TemporaryDirectory() as cwd:
-        env = dict(os.environ, GOFLAGS="-mod=mod", GOTOOLCHAIN="local")
-        proc = subprocess.run(
-            ["go", "mod", "download", "-json", f"{MODULE}@{version}"],
-            cwd=cwd, env=env, capture_output=True, text=True,
-        )
-    try:
-        info = json.loads(proc.stdout)
-    except ValueError:
-        info = {}
-    if proc.returncode != 0 or "Dir" not in info:
-        raise RuntimeError(f"go mod download {MODULE}@{version} failed: {info.get('Error')}"
-                           f" {proc.stderr.strip()}")
-    return Path(info["Dir"])
+    """The module's source in the Go module cache (downloaded from the proxy if absent)."""
+    return build.module_dir(MODULE, version)
 
 
 def crd_manifests(version: str = versions.PROMETHEUS_OPERATOR) -> list[dict]:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.envfile import read_env_file
+
 from tests.fixtures.hub import TINY_REPO
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,16 +30,6 @@ DOWNLOAD = IMAGE / "download_model.sh"
 CPU_ENV = Path(__file__).with_name("cpu.env")
 PYTHON = sys.executable
 SETTINGS_VARS = {"MODEL_NAME", "MODEL_ID", "VLLM_PORT", "VLLM_HOST", "EXTRA_ARGS", "VLLM_CONFIG", "VLLM_API_KEY"}
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    env = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value
-    return env
 
 
 def base_env(**extra: str) -> dict[str, str]:

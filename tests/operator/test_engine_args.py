@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.envfile import read_env_file
 import yaml
 
 from scibox_operator import engine_args as ea
@@ -41,17 +43,6 @@ def parse(parser, args):
         return parser.parse_args(list(args))
     except SystemExit as exc:  # argparse reports through sys.exit
         raise AssertionError(f"vLLM's parser refused {args}") from exc
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """docker compose's env_file rules for the simple KEY=VALUE files we ship."""
-    env = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            env[key.strip()] = value
-    return env
 
 
 SHIPPED_YAML = yaml.safe_load((CONFIG_DIR / "vllm_config.yaml").read_text())
