@@ -11,7 +11,9 @@ pytestmark = pytest.mark.cluster
 
 def big(name: str, replicas: int = 1) -> dict:
     return {"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment", "metadata": {"name": name},
-            "spec": {"model": {"name": "scibox/tiny-llama"}, "replicas": replicas, "cache": {"size": "1Gi"},
+            # Not on the hub mirror: with every size explicit the operator deploys without the
+            # config (the tiny model's 2 heads would rightly refuse tensor parallel 8).
+            "spec": {"model": {"name": "scibox/stand-in-405b"}, "replicas": replicas, "cache": {"size": "1Gi"},
                      "parallelism": {"tensorParallelSize": 8, "pipelineParallelSize": 2}}}
 
 
