@@ -66,8 +66,9 @@ def test_gated_repo_files_need_the_token_but_its_metadata_is_public(hub):
     assert fetch(url, headers={"Authorization": f"Bearer {GATED_TOKEN}"})[0] == 200
     status, _, body = fetch(f"{hub.endpoint}/api/models/{GATED_REPO}")
     assert status == 200 and json.loads(body)["gated"] == "manual"
-    logged = hub.requests(contains="/resolve/")
-    assert [r.authorized for r in logged] == [False, True, True]
+    # The session's operator may read the same config meanwhile: count, do not expect an order.
+    logged = [r.authorized for r in hub.requests(contains=f"/{GATED_REPO}/resolve/")]
+    assert logged.count(False) >= 1 and logged.count(True) >= 2, logged
 
 
 def test_model_info_and_tree_match_the_files(hub, hub_model_dir):
