@@ -404,13 +404,21 @@ def plan_parallelism(model: ModelFacts, gpu: GpuType, gpus_per_node: int, *, dty
     tp_fixed, pp_fixed = tensor_parallel_size, pipeline_parallel_size
     _check_explicit(model, gpus_per_node, tp_fixed, pp_fixed, max_nodes, s)
 
+    plan, tried = _first_fit(model, gpu, gpus_per_node, tp_fixed, pp_fixed, max_nodes, s)
+    if plan is None:
+        raise _no_fit(model, gpu, gpus_per_node, tried, s, tp_fixed, pp_fixed, max_nodes)
+    return plan
+
+
+def _first_fit(model: ModelFacts, gpu: GpuType, gpus_per_node: int, tp_fixed: int | None,
+               pp_fixed: int | None, max_nodes: int | None, s: _Settings) -> tuple[Plan | None, list[LayoutFit]]:
     tried: list[LayoutFit] = []
     for tp, pp, nodes, per_node in _candidates(model, gpus_per_node, tp_fixed, pp_fixed, max_nodes, s.scheme):
         fit = _evaluate(model, tp, pp, nodes, per_node, s)
         if fit.fits:
-            return _plan(model, gpu, fit, s, tried[-1] if tried else None, tp_fixed, pp_fixed)
+            return _plan(model, gpu, fit, s, tried[-1] if tried else None, tp_fixed, pp_fixed), tried
         tried.append(fit)
-    raise _no_fit(model, gpu, gpus_per_node, tried, s, tp_fixed, pp_fixed, max_nodes)
+    return None, tried
 
 
 def _check_explicit(model: ModelFacts, gpus_per_node: int, tp: int | None, pp: int | None,
@@ -517,21 +525,12 @@ def _no_fit(model: ModelFacts, gpu: GpuType, gpus_per_node: int, tried: list[Lay
     # The layout with the most room per GPU tells what is missing.
     best = max(tried, key=lambda f: (f.weights_fit, f.kv_cache_tokens, -f.weight_bytes_per_gpu))
     if max_nodes is not None and tp_fixed is None and pp_fixed is None:
-        try:
-            unlimited = plan_parallelism(model, gpu, gpus_per_node, dtype=s.dtype,
-                                         quantization=s.scheme.method if s.scheme and s.scheme.online else None,
-                                         max_model_len=s.max_model_len, kv_cache_dtype=s.kv_cache_dtype,
-                                         gpu_memory_utilization=s.utilization,
-                                         concurrency_target=s.required_tokens // s.max_model_len,
-                                         max_num_seqs=s.max_num_seqs,
-                                         max_num_batched_tokens=s.max_num_batched_tokens, reserve=s.reserve)
-        except PlanError:
-            unlimited = None
-        if unlimited is not None:
+        needed = _plan_with_fewest_nodes_above(model, gpu, gpus_per_node, max_nodes, s)
+        if needed is not None:
             return PlanError(
                 "TooManyNodes",
-                f"{summary} needs {unlimited.nodes} nodes of {_gpus(gpus_per_node, gpu)} "
-                f"({unlimited.gpus} GPUs in all); maxNodes is {max_nodes}",
+                f"{summary} needs {needed.nodes} nodes of {_gpus(gpus_per_node, gpu)} "
+                f"({needed.gpus} GPUs in all); maxNodes is {max_nodes}",
             )
     if not best.weights_fit:
         return PlanError(
@@ -547,3 +546,22 @@ def _no_fit(model: ModelFacts, gpu: GpuType, gpus_per_node: int, tried: list[Lay
         f"leaves {best.kv_cache_tokens:,} KV-cache tokens, fewer than the {s.required_tokens:,} needed "
         f"for {_target(s)}; lower maxModelLen or the concurrency target, or allow more GPUs",
     )
+
+
+def _plan_with_fewest_nodes_above(model: ModelFacts, gpu: GpuType, gpus_per_node: int, max_nodes: int,
+                                  s: _Settings) -> Plan | None:
+    """The plan under the smallest node limit above max_nodes that works. The unlimited plan
+    may spread a prime number of stages over that many nodes while fewer, fuller nodes
+    would do; a plan that works under a limit works under any higher one, so bisect."""
+    unlimited, _ = _first_fit(model, gpu, gpus_per_node, None, None, None, s)
+    if unlimited is None:
+        return None
+    low, high, best = max_nodes + 1, unlimited.nodes - 1, unlimited
+    while low <= high:
+        middle = (low + high) // 2
+        plan, _ = _first_fit(model, gpu, gpus_per_node, None, None, middle, s)
+        if plan is None:
+            low = middle + 1
+        else:
+            best, high = plan, middle - 1
+    return best

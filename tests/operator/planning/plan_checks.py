@@ -2,7 +2,9 @@
 
 Written against the rules as stated in the issue, not against the planner's search code:
 TP divides the attention heads and fits the KV heads, PP stays within the layer count,
-TP stays within a node; and no layout the policy prefers with fewer GPUs fits.
+TP stays within a node; every node of a multi-node layout runs the same number of whole
+pipeline stages (LeaderWorkerSet pods are uniform); and no layout the policy prefers with fewer
+GPUs, placeable within the node limit, fits.
 """
 
 from __future__ import annotations
@@ -48,17 +50,28 @@ def _kv_bytes(plan: Plan, options: dict) -> int:
     return 4 if plan.dtype == "float32" else 2
 
 
-def preferred_smaller_layouts(model, plan: Plan, gpus_per_node: int, scheme=None):
-    """Layouts the TP-first policy would take before this plan when they fit."""
+def fewest_nodes(tp: int, pp: int, gpus_per_node: int) -> int | None:
+    """Nodes a layout needs when every node holds the same number of whole stages."""
+    counts = [n for n in range(1, pp + 1) if pp % n == 0 and tp * pp // n <= gpus_per_node]
+    return min(counts) if tp <= gpus_per_node and counts else None
+
+
+def preferred_smaller_layouts(model, plan: Plan, gpus_per_node: int, scheme=None, max_nodes=None):
+    """Layouts the TP-first policy would take before this plan when they fit and place."""
     valid = [tp for tp in range(1, gpus_per_node + 1) if tensor_parallel_problem(model, tp, scheme) is None]
     widest = max(valid)
     layouts = [(tp, 1) for tp in valid]                                   # TP inside one node
     layouts += [(widest, pp) for pp in range(2, model.num_layers + 1)]     # then stages of it
-    return [(tp, pp) for tp, pp in layouts if tp * pp < plan.gpus]
+    placeable = []
+    for tp, pp in layouts:
+        nodes = fewest_nodes(tp, pp, gpus_per_node)
+        if tp * pp < plan.gpus and nodes is not None and (max_nodes is None or nodes <= max_nodes):
+            placeable.append((tp, pp))
+    return placeable
 
 
-def assert_minimal(model, gpu, plan: Plan, gpus_per_node: int, **options) -> None:
+def assert_minimal(model, gpu, plan: Plan, gpus_per_node: int, max_nodes=None, **options) -> None:
     scheme = model.quantization
-    for tp, pp in preferred_smaller_layouts(model, plan, gpus_per_node, scheme):
+    for tp, pp in preferred_smaller_layouts(model, plan, gpus_per_node, scheme, max_nodes):
         fit = evaluate_layout(model, gpu, gpus_per_node, tp, pp, **options)
         assert not fit.fits, f"{tp}x{pp} ({tp * pp} GPUs) also fits, plan used {plan.gpus}"

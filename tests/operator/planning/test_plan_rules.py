@@ -133,6 +133,24 @@ def test_max_nodes_is_respected_and_named():
     assert error.reason == "TooManyNodes" and "2 nodes" in error.message
 
 
+# 35 heads over 5 KV heads: no TP size above 1 fits a 4-GPU node, so only stages grow.
+ODD_HEADS = {"model_type": "llama", "hidden_size": 35 * 128, "head_dim": 128, "num_attention_heads": 35,
+             "num_key_value_heads": 5, "num_hidden_layers": 56, "intermediate_size": 128 * 300,
+             "vocab_size": 128000, "max_position_embeddings": 131072, "torch_dtype": "bfloat16"}
+
+
+def test_a_node_limit_prefers_fuller_uniform_nodes_over_a_prime_stage_count():
+    from scibox_operator.planning import model_facts_from_config
+    model, gpu = model_facts_from_config(ODD_HEADS), lookup_gpu("T4")
+    fewest_gpus = plan_parallelism(model, gpu, 4, max_model_len=8192)
+    # 7 stages cannot be split evenly over fewer than 7 nodes
+    assert (fewest_gpus.tensor_parallel_size, fewest_gpus.pipeline_parallel_size, fewest_gpus.nodes) == (1, 7, 7)
+    limited = plan_parallelism(model, gpu, 4, max_model_len=8192, max_nodes=2)
+    assert (limited.pipeline_parallel_size, limited.nodes, limited.gpus_per_node) == (8, 2, 4)
+    error = _reason(plan_parallelism, model, gpu, 4, max_model_len=8192, max_nodes=1)
+    assert error.reason == "TooManyNodes" and "needs 2 nodes" in error.message
+
+
 def test_concurrency_target_raises_the_gpu_count():
     model, gpu = load_model(LLAMA_8B), lookup_gpu("L4")
     single = plan_parallelism(model, gpu, 8, max_model_len=8192)

@@ -23,7 +23,7 @@ KNOWN_REASONS = {
     "MaxModelLenTooLarge", "ModelTooLarge", "InsufficientKvCache", "TooManyNodes",
 }
 
-PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
+PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                              suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -75,7 +75,7 @@ def _check(model, gpu, gpus_per_node, options, tp=None, pp=None):
     if pp is not None:
         assert plan.pipeline_parallel_size == pp
     if tp is None and pp is None:
-        assert_minimal(model, gpu, plan, gpus_per_node, **options)
+        assert_minimal(model, gpu, plan, gpus_per_node, max_nodes=max_nodes, **options)
     return plan
 
 
@@ -88,9 +88,6 @@ options_strategy = st.fixed_dictionaries({
 })
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known planner gap found by hypothesis: with 35 attention heads / 5 KV heads on 8-GPU nodes "
-    "the planner picks 8 GPUs where a 1x7 layout also fits (minimality), to be fixed in planner.py"))
 @PROPERTY_SETTINGS
 @given(config=llama_like_configs(), gpu=st.sampled_from(GPU_TABLE),
        gpus_per_node=st.sampled_from([1, 2, 4, 8]), options=options_strategy)
