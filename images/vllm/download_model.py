@@ -7,7 +7,7 @@ the same function the server side uses to find it), and only what vLLM loads:
     *.bin / *.pt only when the repo has no safetensors.  Never .gguf/.msgpack/.h5 or subfolders
     such as original/ (duplicates vLLM would not read).
 
-Environment: MODEL_ID (required, org/name), MODEL_REVISION (default main), CACHE_DIR (default
+Environment: MODEL_ID (required, org/name or a bare legacy name like gpt2), MODEL_REVISION (default main), CACHE_DIR (default
 /models), HF_TOKEN (gated/private repos; never printed), HF_ENDPOINT (mirror), DOWNLOAD_MAX_WORKERS
 (default 4), TERMINATION_LOG (default /dev/termination-log, used when it exists and is writable).
 
@@ -216,7 +216,7 @@ def main() -> int:
     try:
         repo_id = (os.environ.get("MODEL_ID") or "").strip()
         if not repo_id:
-            raise DownloadError("bad_config", "MODEL_ID is not set (expected org/name)")
+            raise DownloadError("bad_config", "MODEL_ID is not set (expected org/name or name)")
         revision = (os.environ.get("MODEL_REVISION") or "main").strip()
         cache_dir = os.environ.get("CACHE_DIR") or engine_args.DEFAULT_MODEL_CACHE_DIR
         endpoint = (os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None

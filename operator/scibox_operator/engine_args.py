@@ -356,8 +356,15 @@ def _host(value: Any, what: str) -> str:
 
 def _repo_id(value: Any, what: str) -> str:
     text = _word(value, what)
-    if not _REPO_ID.fullmatch(text) or ".." in text:
-        raise ValueError(f"{what} must be a Hugging Face repo id like org/name, got {value!r}")
+    if not _REPO_ID.fullmatch(text):
+        raise ValueError(f"{what} must be a Hugging Face repo id like org/name or name, got {value!r}")
+    # The hub refuses these too; "--" would also make two ids share one cache folder.
+    for part in ("--", ".."):
+        if part in text:
+            raise ValueError(f"{what} {text!r} contains {part!r}, which Hugging Face repo ids may not")
+    if text.endswith(".git") or len(text) > 96:
+        raise ValueError(f"{what} {text!r} is not a Hugging Face repo id (at most 96 characters, "
+                         "not ending in .git)")
     return text
 
 
@@ -418,7 +425,8 @@ _OTHER_KNOWN_ENV = frozenset(
      "HEALTH_TIMEOUT"}
 )
 
-_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*/[A-Za-z0-9][A-Za-z0-9._\-]*")
+# org/name, or a bare name for the hub's legacy top-level models (gpt2, distilgpt2).
+_REPO_ID = re.compile(r"([A-Za-z0-9][A-Za-z0-9._\-]*/)?[A-Za-z0-9][A-Za-z0-9._\-]*")
 
 DEFAULT_MODEL_CACHE_DIR = "/models"
 MODEL_CACHE_MARKER = ".scibox-download.json"
@@ -436,7 +444,8 @@ DOWNLOAD_EXIT_CODES: dict[str, int] = {
 
 
 def model_cache_path(cache_dir: str, repo_id: str, revision: str | None) -> str:
-    """Stable folder of one downloaded repo revision: {cache_dir}/{org}--{name}/{revision}.
+    """Stable folder of one downloaded repo revision: {cache_dir}/{org}--{name}/{revision}
+    ({cache_dir}/{name}/{revision} for a bare name; repo ids never contain "--").
 
     The download Job writes there and the server loads from there, so both use this function.
     """

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.hub import BIG_REPO, BIG_WEIGHTS_BYTES, GATED_REPO, GATED_TOKEN, TINY_REPO
+from tests.fixtures.hub import BARE_REPO, BIG_REPO, BIG_WEIGHTS_BYTES, GATED_REPO, GATED_TOKEN, TINY_REPO
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "images" / "vllm" / "download_model.sh"
@@ -57,6 +57,16 @@ def expected_files(model_dir: Path) -> set[str]:
     """What vLLM loads from the tiny model folder (computed independently of the downloader)."""
     return {p.name for p in model_dir.iterdir()
             if p.is_file() and (p.suffix in {".json", ".safetensors", ".model", ".txt", ".jinja"})}
+
+
+def test_a_bare_legacy_id_downloads_into_its_own_folder(hub, hub_model_dir, tmp_path):
+    cache = tmp_path / "cache"
+    summary = summary_of(run(hub.endpoint, cache, MODEL_ID=BARE_REPO))
+    target = cache / BARE_REPO / "main"
+    assert summary["path"] == str(target)
+    assert (target / "config.json").read_bytes() == (hub_model_dir / "config.json").read_bytes()
+    assert json.loads((target / downloader.MARKER).read_text())["repo"] == BARE_REPO
+    assert hub.requests(contains=f"/api/models/{BARE_REPO}")
 
 
 def test_downloads_only_what_vllm_loads_and_writes_marker_and_summary(hub, hub_model_dir, tmp_path):

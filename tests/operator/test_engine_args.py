@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +128,26 @@ def test_model_id_serves_the_downloaded_folder_under_its_repo_name():
     assert s.model == "/c/org--name/refs--pr--1"
     assert s.served_model_name == "org/name" and s.revision is None
     assert ea.model_cache_path("/c", "org/name", None) == "/c/org--name/main"
+
+
+def test_bare_legacy_repo_names_get_their_own_folder():
+    assert ea.model_cache_path("/c", "gpt2", "main") == "/c/gpt2/main"
+    s = settings_from_env({"MODEL_ID": "distilgpt2", "CACHE_DIR": "/c"}, None)
+    assert s.model == "/c/distilgpt2/main" and s.served_model_name == "distilgpt2"
+
+
+@pytest.mark.parametrize("repo_id, message", [
+    ("org/tiny--llama", "'--'"),          # would share a folder with org--tiny/llama
+    ("org--tiny/llama", "'--'"),
+    ("org/x..y", "'..'"),
+    ("org/model.git", ".git"),
+    ("a" * 97, "96 characters"),
+    ("org/name/extra", "repo id like org/name or name"),
+    ("/abs/path", "repo id like org/name or name"),
+])
+def test_ids_the_hub_refuses_are_refused_here(repo_id, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ea.model_cache_path("/c", repo_id, None)
 
 
 @pytest.mark.vllm

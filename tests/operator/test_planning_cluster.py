@@ -56,3 +56,19 @@ def test_a_hub_token_from_the_secret_opens_a_gated_model(cluster, operator, hub_
     job = wait_for(lambda: get(cluster, "jobs", None, namespace)["items"], timeout=60, what="the download Job")[0]
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+
+
+def test_a_bare_legacy_hub_id_is_planned_downloaded_and_served_from_its_folder(cluster, operator, hub_mirror,
+                                                                               namespace):
+    from tests.fixtures.hub import BARE_REPO
+    apply(cluster, namespace, auto("bare", BARE_REPO))
+    vd = wait_for(lambda: planned(cluster, namespace, "bare"), timeout=60, what="a parallelism plan")
+    assert condition(vd, "ParallelismPlanned")["status"] == "True", vd["status"]
+    assert hub_mirror.requests("GET", f"/{BARE_REPO}/resolve/main/config.json")
+    job = wait_for(lambda: get(cluster, "jobs", None, namespace)["items"], timeout=60, what="the download Job")[0]
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODEL_ID"] == BARE_REPO
+    dep = wait_for(lambda: get(cluster, "deployment", "bare", namespace), timeout=90, what="the Deployment")
+    args = " ".join(dep["spec"]["template"]["spec"]["containers"][0].get("args", []))
+    server_env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert f"/models/{BARE_REPO}/main" in args + " " + " ".join(str(v) for v in server_env.values())
