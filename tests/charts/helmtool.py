@@ -10,9 +10,11 @@ from typing import Any
 
 import yaml
 
+from tests.cluster import versions
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "scibox-vllm-operator"
-KUBE_VERSION = "1.35.4"
+KUBE_VERSION = versions.KUBERNETES.lstrip("v")  # what the local cluster runs
 
 
 def helm_binary() -> Path:

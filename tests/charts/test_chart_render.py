@@ -75,6 +75,13 @@ def test_bad_values_are_refused_with_a_clear_message(values, message):
     assert message in err.value.stderr
 
 
+def test_clusters_older_than_the_crds_validation_rules_are_refused():
+    with pytest.raises(HelmError) as err:
+        template_text(extra=("--kube-version", "1.27.9"))
+    assert "kubeVersion" in err.value.stderr and ">=1.29.0-0" in err.value.stderr
+    assert template_text(extra=("--kube-version", "1.29.0"))
+
+
 # --- the operator Deployment -----------------------------------------------------------------
 
 

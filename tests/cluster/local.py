@@ -163,6 +163,19 @@ def parse_request_totals(metrics_text: str) -> dict[tuple[str, str], float]:
     return totals
 
 
+# Requests by service accounts outside kube-system (operators under test running with a chart's
+# identity, LWS) are audited with their response code, so a test can tell whose request was
+# refused; the cluster's own controllers and admin clients are not (they dominate the volume).
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "None", "userGroups": ["system:serviceaccounts:kube-system"]},
+        {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+        {"level": "None"},
+    ],
+}
+
+
 @dataclass
 class Cluster:
     """Handle on one named local cluster; cheap to construct, all state lives in the state dir."""
@@ -187,6 +200,10 @@ class Cluster:
     @property
     def state_file(self) -> Path:
         return self.state_dir / "state.json"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.state_dir / "logs" / "audit.log"
 
     def log_file(self, process: str) -> Path:
         return self.state_dir / "logs" / f"{process}.log"
@@ -531,8 +548,41 @@ class Cluster:
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
             "--profiling=false",
+            f"--audit-policy-file={self._write_audit_policy()}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json", "--audit-log-maxsize=64", "--audit-log-maxbackup=1",
             "--v=1",
         ]
+
+    def _write_audit_policy(self) -> Path:
+        path = self.state_dir / "audit-policy.json"
+        path.write_text(json.dumps(AUDIT_POLICY, indent=1))
+        return path
+
+    def audit_events(self, username: str, since: int = 0) -> list[dict]:
+        """Audit events (one per finished request) of one service account user, from byte
+        offset `since` of the audit log: who was answered what, in the API server's words."""
+        try:
+            with open(self.audit_log, "rb") as log:
+                log.seek(since)
+                lines = log.read().splitlines()
+        except OSError:
+            return []
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a line being written right now
+            if event.get("user", {}).get("username") == username:
+                events.append(event)
+        return events
+
+    def audit_offset(self) -> int:
+        try:
+            return self.audit_log.stat().st_size
+        except OSError:
+            return 0
 
     def _await_ready(self, process: str, timeout: float) -> None:
         """Wait until `process` serves: its health endpoint, or what it is for."""

@@ -50,7 +50,7 @@ def install(rest: Rest, timeout: float = 60.0) -> list[str]:
     for name in names:
         while True:
             crd = rest.get(f"{CRD_PATH}/{name}")
-            conditions = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
+            conditions = {c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []}
             if conditions.get("Established") == "True":
                 break
             if time.monotonic() > deadline:

@@ -13,7 +13,7 @@ from tests.waiting import wait_for as poll
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.cluster import Cluster, NodeShape
+from tests.cluster import Cluster, NodeShape, versions
 from tests.cluster.provisioner import STORAGE_CLASS
 
 pytestmark = pytest.mark.cluster
@@ -107,6 +107,7 @@ def test_deleting_an_owner_deletes_its_dependents(kube, namespace):
 
 def test_service_account_needs_a_role_to_list(cluster, kube, namespace):
     core, rbac = client.CoreV1Api(kube), client.RbacAuthorizationV1Api(kube)
+    audit_from = cluster.audit_offset()
     core.create_namespaced_service_account(namespace, client.V1ServiceAccount(
         metadata=client.V1ObjectMeta(name="reader")))
     token = core.create_namespaced_service_account_token("reader", namespace, client.AuthenticationV1TokenRequest(
@@ -143,6 +144,13 @@ def test_service_account_needs_a_role_to_list(cluster, kube, namespace):
         with pytest.raises(ApiException) as still_denied:
             reader.list_namespaced_secret(namespace)
         assert still_denied.value.status == 403
+
+    # The audit log tells this user's answers apart from everyone else's.
+    answers = [(e["objectRef"]["resource"], e["responseStatus"]["code"])
+               for e in cluster.audit_events(f"system:serviceaccount:{namespace}:reader", since=audit_from)
+               if "objectRef" in e]
+    assert answers[0] == ("configmaps", 403) and ("configmaps", 200) in answers
+    assert answers[-1] == ("secrets", 403)
 
 
 def test_pvc_of_the_default_class_binds_to_a_host_path_volume(cluster, kube, namespace):
@@ -202,6 +210,13 @@ def test_apiserver_metrics_count_requests_by_verb(cluster, kube, namespace):
 def test_kubectl_talks_to_the_cluster(cluster):
     out = cluster.kubectl("get", "nodes", "-o", "name").stdout.split()
     assert {"node/gpu-node-0", "node/gpu-node-1", "node/cpu-node-0"} <= set(out)
+
+
+def test_the_apiserver_reports_its_pinned_release_version(kube):
+    # Helm checks a chart's kubeVersion against this; a source build says v0.0.0-master otherwise.
+    info = client.VersionApi(kube).get_code()
+    assert info.git_version == versions.KUBERNETES
+    assert (info.major, info.minor) == tuple(versions.KUBERNETES[1:].split(".")[:2])
 
 
 def test_cluster_processes_only_use_loopback(cluster):
