@@ -186,9 +186,6 @@ def test_operator_panels_show_the_operator_at_work(scraped):
 
 
 def test_operator_exports_the_state_of_the_vllmdeployment(scraped):
-    main = (ROOT / "operator" / "scibox_operator" / "main.py").read_text()
-    if "register_state_collector" not in main:
-        pytest.xfail("scibox_operator/main.py does not call metrics.register_state_collector yet")
     selector = f'{{vllmdeployment_namespace="{scraped.namespace}", vllmdeployment="{VD_NAME}"}}'
     desired = wait_until(lambda: finite_values(scraped.prom.query(
         f"scibox_operator_vllmdeployment_desired_replicas{selector}")), timeout=30, what="desired replicas")
