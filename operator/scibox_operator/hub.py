@@ -35,6 +35,12 @@ class HubError(Exception):
         self.message = message
         self.permanent = permanent
 
+    def fresh(self) -> "HubError":
+        """The same failure as a new exception. A remembered exception must not be raised
+        again: each raise extends its traceback, which then keeps every caller's frame (and
+        what those frames hold) alive for as long as the failure is remembered."""
+        return HubError(self.reason, self.message, permanent=self.permanent)
+
 
 class HubClient:
     FAILURE_TTL = 30.0
@@ -61,17 +67,21 @@ class HubClient:
             return self._done[key]
         failed = self._failed.get(key)
         if failed and time.monotonic() - failed[0] < self.FAILURE_TTL:
-            raise failed[1]
+            raise failed[1].fresh()
         if key in self._inflight:
-            return await asyncio.shield(self._inflight[key])
+            try:
+                return await asyncio.shield(self._inflight[key])
+            except HubError as exc:
+                raise exc.fresh() from None
         future: asyncio.Future[ModelMetadata] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             result = await self._fetch(key[0], repo, revision, token)
         except HubError as exc:
-            self._failed[key] = (time.monotonic(), exc)
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it themselves
+            remembered = exc.fresh()  # without this call's traceback
+            self._failed[key] = (time.monotonic(), remembered)
+            future.set_exception(remembered)
+            future.exception()  # retrieved: waiters raise fresh copies of it
             raise
         else:
             self._done[key] = result

@@ -106,8 +106,7 @@ async def vllmdeployment_event(event: dict[str, Any], body: kopf.Body, memo: kop
     controller: Controller = memo.controller
     key = (body.metadata.namespace, body.metadata.name)
     if event["type"] == "DELETED":
-        controller.store.vllmds.pop(key, None)
-        controller.store.readiness.pop(key, None)
+        controller.store.forget_vllmd(key)
         return
     known = controller.store.vllmds.get(key)
     if known is not None and known["metadata"].get("resourceVersion") == body.metadata.get("resourceVersion"):

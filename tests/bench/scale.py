@@ -48,16 +48,23 @@ def bench_nodes() -> list[NodeShape]:
                       labels=GPU_LABELS) for i in range(2)]
 
 
+SHARED_CLASS = "bench-rwx"
+
+
 def vllmd(name: str, source: str) -> dict:
     if source == "pvc":  # the model already on a claim: no download Job, no cache claim per object
         spec = {"model": {"name": "pvc://models/tiny-llama"}, "resources": {"gpus": 1}}
+    elif source == "shared":  # one model on ReadWriteMany storage: one claim and one Job for all
+        spec = {"model": {"name": "scibox/tiny-llama"}, "resources": {"gpus": 1},
+                "cache": {"size": "1Gi", "storageClassName": SHARED_CLASS}}
     else:
         spec = {"model": {"name": "scibox/tiny-llama"}, "resources": {"gpus": 1}, "cache": {"size": "1Gi"}}
     return {"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment", "metadata": {"name": name}, "spec": spec}
 
 
 def expected_children(source: str) -> tuple[str, ...]:
-    if source == "pvc":
+    """Kinds every object has one of; the shared mode's single claim and Job are counted apart."""
+    if source in ("pvc", "shared"):
         return ("deployments", "services")
     return ("deployments", "services", "jobs", "persistentvolumeclaims")
 
@@ -197,6 +204,11 @@ def run(n: int, steady: float, timeout: float, keep: bool, source: str, profile:
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=(
             "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: models}\n"
             "spec: {accessModes: [ReadWriteMany], resources: {requests: {storage: 1Gi}}}\n"))
+    if source == "shared":  # the local provisioner's class, marked as able to share a volume
+        cluster.kubectl("apply", "-f", "-", input=(
+            f"apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata:\n  name: {SHARED_CLASS}\n"
+            "  annotations: {scibox.io/access-modes: 'ReadWriteOnce,ReadWriteMany'}\n"
+            "provisioner: scibox.io/local-path\nreclaimPolicy: Delete\nvolumeBindingMode: Immediate\n"))
 
     log_dir = Path(tempfile.mkdtemp(prefix="scibox-bench-"))
     operator = OperatorProcess(cluster.kubeconfig, log_dir, hub_endpoint="http://127.0.0.1:9",
@@ -248,6 +260,9 @@ def run(n: int, steady: float, timeout: float, keep: bool, source: str, profile:
     after_converge = request_counts(cluster.metrics_text())
     cpu_converge = sampler.cpu_seconds() - cpu0
     children = count_children(cluster, namespace, expected_children(source))
+    if source == "shared":
+        children.update({f"shared_{kind}": count for kind, count in
+                         count_children(cluster, namespace, ("jobs", "persistentvolumeclaims")).items()})
 
     time.sleep(steady)
     after_steady = request_counts(cluster.metrics_text())
@@ -265,7 +280,8 @@ def run(n: int, steady: float, timeout: float, keep: bool, source: str, profile:
         "create_seconds": round(created_s, 2),
         "all_children_seconds": None if children_s is None else round(children_s, 2),
         "all_status_settled_seconds": None if settled_s is None else round(settled_s, 2),
-        "converged": settled_s is not None and all(v == n for v in children.values()),
+        "converged": settled_s is not None and all(v == (1 if k.startswith("shared_") else n)
+                                                    for k, v in children.items()),
         "children": children,
         "create_to_deployment_latency_s": {"p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),
                                            "count": len(latencies)},
@@ -310,8 +326,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the namespace afterwards")
     parser.add_argument("--down", action="store_true", help="stop the bench cluster at the end")
     parser.add_argument("--profile", type=Path, help="py-spy the operator during convergence into this file")
-    parser.add_argument("--model-source", choices=("hub", "pvc"), default="hub",
+    parser.add_argument("--model-source", choices=("hub", "pvc", "shared"), default="hub",
                         help="hub: each object gets a cache claim and a download Job (the full path); "
+                             "shared: one model on ReadWriteMany storage, one claim and Job for all; "
                              "pvc: pvc:// models on one existing claim (the operator alone)")
     args = parser.parse_args()
     if args.n > MAX_N:
