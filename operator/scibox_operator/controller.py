@@ -86,6 +86,15 @@ def _trim(body: Any) -> dict[str, Any]:
     return obj
 
 
+def _newer(version: str, than: str) -> bool:
+    """resourceVersions are etcd revisions (integers) on every real API server; anything else
+    counts as newer when it differs."""
+    try:
+        return int(version) > int(than)
+    except ValueError:
+        return version != than
+
+
 class ChildRejected(Exception):
     """The API server refused a rendered child as invalid: retrying cannot help, the spec must
     change (for example a node selector or toleration the API's own validation rejects)."""
@@ -287,6 +296,43 @@ class Controller:
             if crd_established(crd):
                 self.store.established_crds.add(name)
 
+    async def relist_vllmdeployments(self) -> None:
+        """One LIST puts the store right when the watch missed an event (seen across an API
+        server restart): newer objects are taken and passed, vanished ones forgotten; what the
+        store holds newer than the list (a watch event that overtook it) is kept."""
+        listing = await self.client.request("GET", KINDS["VLLMDeployment"].path())
+        listed_at = (listing.get("metadata") or {}).get("resourceVersion", "")
+        seen: set[Key] = set()
+        changed: list[Key] = []
+        for item in listing.get("items") or []:
+            meta = item["metadata"]
+            key = (meta["namespace"], meta["name"])
+            seen.add(key)
+            known = self.store.vllmds.get(key)
+            if known is None or _newer(meta.get("resourceVersion", ""), known["metadata"].get("resourceVersion", "")):
+                item.setdefault("apiVersion", "scibox.io/v1alpha1")
+                item.setdefault("kind", "VLLMDeployment")
+                self.store.vllmds[key] = _trim(item)
+                changed.append(key)
+        for key, body in list(self.store.vllmds.items()):
+            if key not in seen and not _newer(body["metadata"].get("resourceVersion", ""), listed_at):
+                self.store.forget_vllmd(key)
+        self.enqueue(changed)
+
+    def became_leader(self) -> None:
+        """Act again, from a store checked against the API server (events may have been missed
+        while the connection was down)."""
+        self.active.set()
+        task = asyncio.create_task(self._relist_quietly())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _relist_quietly(self) -> None:
+        try:
+            await self.relist_vllmdeployments()
+        except (ApiError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("re-listing VLLMDeployments failed (the next resync retries): %s", exc)
+
     def start(self) -> None:
         for i in range(self.settings.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"scibox-worker-{i}"))
@@ -308,6 +354,7 @@ class Controller:
     async def _resync(self) -> None:
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
+            await self._relist_quietly()
             self.enqueue_all()
 
     async def _worker(self) -> None:

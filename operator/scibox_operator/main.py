@@ -86,7 +86,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     lease = os.environ.get("SCIBOX_LEADER_ELECTION_NAMESPACE")
     if lease:
         memo.elector = LeaderElector(client, namespace=lease, on_change=lambda leading: (
-            controller.active.set() if leading else controller.active.clear()))
+            controller.became_leader() if leading else controller.active.clear()))
         memo.elector.start()
     else:
         controller.active.set()

@@ -10,9 +10,9 @@ from .kubehelp import apply, condition, get, wait_for
 pytestmark = pytest.mark.cluster
 
 
-def auto(name: str, repo: str, **cache) -> dict:
+def auto(name: str, repo: str, revision: str = "main", **cache) -> dict:
     return {"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment", "metadata": {"name": name},
-            "spec": {"model": {"name": repo, "maxModelLen": 256, "dtype": "bfloat16"},
+            "spec": {"model": {"name": repo, "revision": revision, "maxModelLen": 256, "dtype": "bfloat16"},
                      "resources": {"gpuProduct": "NVIDIA-H100-80GB-HBM3"}, "cache": cache}}
 
 
@@ -23,7 +23,10 @@ def planned(cluster, ns, name):
 
 
 def test_auto_sizes_come_from_the_model_config_on_the_hub(cluster, operator, hub_mirror, namespace):
-    apply(cluster, namespace, auto("tiny", "scibox/tiny-llama"))
+    # Pinned to the commit: the operator remembers what it read per revision, and other tests
+    # of this session have had it read "main" already.
+    commit = hub_mirror.repos["scibox/tiny-llama"].sha
+    apply(cluster, namespace, auto("tiny", "scibox/tiny-llama", revision=commit))
     vd = wait_for(lambda: planned(cluster, namespace, "tiny"), timeout=60, what="a parallelism plan")
     cond = condition(vd, "ParallelismPlanned")
     assert cond["status"] == "True", cond
@@ -35,7 +38,7 @@ def test_auto_sizes_come_from_the_model_config_on_the_hub(cluster, operator, hub
     assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     claim = get(cluster, "pvc", status["cacheClaim"], namespace)
     assert claim["spec"]["resources"]["requests"]["storage"] == "3Gi", "auto size: weights + 10% + 2 GiB"
-    assert hub_mirror.requests("GET", "/scibox/tiny-llama/resolve/main/config.json"), "read from the hub API"
+    assert hub_mirror.requests("GET", f"/scibox/tiny-llama/resolve/{commit}/config.json"), "read from the hub API"
 
 
 @pytest.mark.parametrize("repo,reason", [("scibox/no-such-model", "ModelNotFound"),
