@@ -505,9 +505,26 @@ class Controller:
         if cache_complete:
             desired = render_leader_worker_set(vd, plan) if plan.multi_node else render_deployment(vd, plan)
             live = await self._ensure(desired) or live
+            if plan.multi_node:
+                # kopf starts the LeaderWorkerSet watch only when it sees the CRD in discovery,
+                # and can miss a CRD installed after the operator started; the group's status
+                # is read from the API (multi-node objects are few; their pods' events bring
+                # these passes).
+                live = await self._read_fresh(kind, vd.namespace, name) or live
             if self.store.child(other, vd.namespace, other_name) is not None:
                 await self.client.delete(other, vd.namespace, other_name)
         return live
+
+    async def _read_fresh(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body = await self.client.request("GET", KINDS[kind].path(namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        body.setdefault("kind", kind)
+        self.store.put_child(kind, body)
+        return self.store.child(kind, namespace, name)
 
     async def _ensure_download(self, vd: VLLMDeployment, job: dict[str, Any] | None, cache: CacheState) -> None:
         if job is None or cache.complete:
