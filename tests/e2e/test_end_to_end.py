@@ -206,8 +206,10 @@ def test_apply_download_serve_probe_metrics_delete(e2e_cluster, e2e_operator, e2
     assert not port_open(pod_ip, 8000)
     # The pod's memory volume (/dev/shm) and its short TMPDIR alias went with it.
     uid = pod["metadata"]["uid"]
-    assert not (Path("/dev/shm") / f"scibox-runner-{uid}").exists()
-    assert not list(Path("/tmp/scibox-runner").glob(f"{uid[:13]}-*"))
+    # (the runner removes them just after the processes stop, so give it a moment)
+    e2e.wait_for("the pod's /dev/shm and TMPDIR folders removed",
+                 lambda: not (Path("/dev/shm") / f"scibox-runner-{uid}").exists()
+                 and not list(Path("/tmp/scibox-runner").glob(f"{uid[:13]}-*")), timeout=15, ns=ns)
     for kind in ("apps/v1/namespaces/{ns}/deployments", "batch/v1/namespaces/{ns}/jobs"):
         path = "/apis/" + kind.format(ns=ns)
         e2e.wait_for(f"{path} to be empty", lambda: not e2e.rest.get(path)["items"], timeout=60, ns=ns)
