@@ -447,14 +447,15 @@ class Controller:
         # rendering it costs O(users): done only while the download is unfinished, and not at all
         # in the passes after it (with 1000 users that was half the operator's CPU).
         cache_state = CacheState(True, reason="ModelOnVolume", message=f"model read from claim {plan.cache_claim}")
-        job = None
+        download_pending = False
         if not vd.spec.model.is_pvc:
             job_name = download_job_name(plan)
             cache_state = CacheState.from_job(self.store.child("Job", vd.namespace, job_name),
                                               self.store.downloads.get((vd.namespace, job_name)))
-            if not cache_state.complete:
-                job = render_download_job(vd, plan, self._cache_users(vd, plan))
-        claim_owners = self._cache_users(vd, plan) if vd.spec.cache.deletion_policy == "Delete" else [vd]
+            download_pending = not cache_state.complete
+        owners = (self._cache_users(vd, plan)
+                  if download_pending or vd.spec.cache.deletion_policy == "Delete" else [vd])
+        job = render_download_job(vd, plan, owners) if download_pending else None
         if plan.multi_node and not self.store.leader_worker_set_crd:
             failure = Failure("LeaderWorkerSetMissing",
                               f"the plan needs {plan.nodes} nodes per replica ({plan.parallelism_reason}); {INSTALL_HINT}")
@@ -465,7 +466,7 @@ class Controller:
                    if self.store.service_monitor_crd and vd.spec.monitoring.service_monitor else None)
         results = await asyncio.gather(
             self._ensure_or_remove("PersistentVolumeClaim", vd.namespace, plan.cache_claim,
-                                   render_cache_pvc(vd, plan, claim_owners), remove=False),
+                                   render_cache_pvc(vd, plan, owners), remove=False),
             self._ensure_download(vd, job, cache_state),
             self._ensure_workload(vd, plan, cache_state.complete),
             self._ensure(render_service(vd, multi_node=plan.multi_node)),
