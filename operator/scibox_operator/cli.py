@@ -11,31 +11,31 @@ from typing import Any
 
 import yaml
 
+from .planning.cli import add_plan_parser, run_plan
+
 
 def render_manifests(body: dict[str, Any], *, config: dict | None = None, gpu_labels: dict[str, str] | None = None,
                      gpus_per_node: int = 8, cache_complete: bool = True) -> list[dict[str, Any]]:
-    """Everything the operator would create for `body`, without a cluster (GitOps previews)."""
-    from .render.cache import render_cache_pvc, render_download_job
-    from .render.deployment import render_deployment
-    from .render.leaderworkerset import render_leader_worker_set
-    from .render.monitoring import render_service_monitor
-    from .render.network_policy import render_network_policy
-    from .render.service import render_service
+    """Everything the operator would create for `body`, without a cluster (GitOps previews): the
+    controller's own `desired()`, first while the model downloads, then once it is cached."""
+    from .reconcile.desired import Observed, desired
     from .serving import GpuNode, decide_serving_plan
     from .spec import parse
+    from .status import CacheState
 
     vd = parse(body)
     nodes = [GpuNode("node", tuple(sorted((gpu_labels or {}).items())), gpus_per_node)] if gpu_labels else []
     plan = decide_serving_plan(vd, config=config, safetensors_index=None, nodes=nodes,
                                cache_shared=vd.spec.cache.access_mode == "ReadWriteMany")
-    out = [render_cache_pvc(vd, plan, [vd]), render_download_job(vd, plan, [vd])]
+    stages = [Observed(users=(vd,), service_monitor_crd=True, leader_worker_set_crd=True)]
     if cache_complete:
-        out.append(render_leader_worker_set(vd, plan) if plan.multi_node else render_deployment(vd, plan))
-    out.append(render_service(vd, multi_node=plan.multi_node))
-    out.append(render_network_policy(vd))
-    if vd.spec.monitoring.service_monitor:
-        out.append(render_service_monitor(vd))
-    return [m for m in out if m is not None]
+        stages.append(Observed(users=(vd,), cache=CacheState(True, reason="Downloaded"), service_monitor_crd=True,
+                               leader_worker_set_crd=True))
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for observed in stages:
+        for child in desired(vd, plan, observed).children:
+            out.setdefault((child["kind"], child["metadata"]["name"]), child)
+    return list(out.values())
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -86,13 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--gpu", help="GPU product assumed for auto parallelism, e.g. NVIDIA-H100-80GB-HBM3")
     render.add_argument("--gpus-per-node", type=int, default=8)
     render.set_defaults(func=_render)
-    try:
-        from .planning.cli import add_plan_parser, run_plan
-    except ImportError:  # planning CLI not available
-        pass
-    else:
-        add_plan_parser(sub)
-        sub.choices["plan"].set_defaults(func=run_plan)
+    add_plan_parser(sub)
+    sub.choices["plan"].set_defaults(func=run_plan)
     return parser
 
 

@@ -20,21 +20,20 @@ from typing import Any, Iterable
 import aiohttp
 
 from . import metrics
+from .diff import needs_apply, owned_by
 from .hub import HubClient, HubError
 from .kube import KINDS, ApiError, KubeClient
-from .diff import needs_apply
 from .probe import ReadinessSummary
-from .render.cache import download_job_name, render_cache_pvc, render_download_job
-from .render.common import MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL
-from .render.deployment import render_deployment
-from .render.leaderworkerset import INSTALL_HINT, leader_worker_set_name, render_leader_worker_set
-from .render.monitoring import render_service_monitor
-from .render.network_policy import render_network_policy
-from .render.service import endpoint_url, render_service
-from .serving import (DEFAULT_VLLM_IMAGE, GpuNode, PlanFailure, ServingPlan, decide_serving_plan,
+from .status import download_report
+from .reconcile.desired import Desired, Observed, child_keys, desired
+from .reconcile.last_plan import last_known_plan, plan_inputs
+from .render.cache import download_job_name
+from .render.common import CACHE_LABEL, DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL, SERVER
+from .render.service import endpoint_url
+from .serving import (DEFAULT_VLLM_IMAGE, GpuNode, PlanFailure, ServingPlan, cache_claim_name, decide_serving_plan,
                       gpu_node_from_body)
 from .spec import InvalidSpec, VLLMDeployment, parse
-from .status import CacheState, Failure, compute_status, status_differs
+from .status import CacheState, Failure, PlanNote, compute_status, status_differs
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,8 @@ def _transient(exc: BaseException) -> bool:
 
 def storage_class_summary(body: Any) -> dict[str, Any]:
     meta = body.get("metadata") or {}
-    return {"metadata": {"name": meta.get("name"), "annotations": dict(meta.get("annotations") or {})}}
+    return {"metadata": {"name": meta.get("name"), "annotations": dict(meta.get("annotations") or {})},
+            "allowVolumeExpansion": bool(body.get("allowVolumeExpansion"))}
 
 
 def _trim(body: Any) -> dict[str, Any]:
@@ -102,6 +102,42 @@ class ChildRejected(Exception):
     def __init__(self, kind: str, name: str, message: str):
         super().__init__(f"the API server refused the {kind} {name} rendered from this spec: {message}")
         self.kind, self.name, self.message = kind, name, message
+
+
+class ChildConflict(Exception):
+    """A child's name is taken by an object this VLLMDeployment does not own."""
+
+    def __init__(self, kind: str, name: str):
+        super().__init__(f"{kind} {name} exists and is not owned by this VLLMDeployment")
+        self.key = (kind, name)
+
+
+def conflict_failure(conflicts: Iterable[tuple[str, str]]) -> Failure:
+    names = ", ".join(f"{kind} {name}" for kind, name in conflicts)
+    return Failure("ChildConflict", f"{names} already exist(s) and are not owned by this VLLMDeployment (no "
+                                    "controller reference to it): the operator leaves them untouched; rename "
+                                    "this VLLMDeployment or remove them")
+
+
+@dataclass(frozen=True)
+class Applied:
+    workload: dict[str, Any] | None
+    conflicts: tuple[tuple[str, str], ...] = ()
+    rejected: ChildRejected | None = None
+
+
+@dataclass(frozen=True)
+class PlanOutcomeFailure:
+    failure: Failure
+    retry: float | None
+
+
+# The kinds the operator renders, and therefore watches and re-lists (only objects it labelled).
+CHILD_KINDS = ("Deployment", "Service", "Job", "PersistentVolumeClaim", "ServiceMonitor", "LeaderWorkerSet",
+               "NetworkPolicy")
+OURS_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+SERVER_POD_SELECTOR = f"{OURS_SELECTOR},app.kubernetes.io/component={SERVER}"
+DOWNLOAD_POD_SELECTOR = f"{OURS_SELECTOR},app.kubernetes.io/component={DOWNLOAD}"
 
 
 @dataclass
@@ -174,7 +210,7 @@ class Store:
         label = (meta.get("labels") or {}).get(OWNER_NAME_LABEL)
         if label:
             keys.append((ns, label))
-        cache = (meta.get("labels") or {}).get("scibox.io/model-cache")
+        cache = (meta.get("labels") or {}).get(CACHE_LABEL)
         if cache:  # every user of a (shared) cache claim cares about its Job
             keys.extend(k for k, v in self.vllmds.items()
                         if k[0] == ns and (v.get("status") or {}).get("cacheClaim") == cache)
@@ -267,18 +303,12 @@ class Controller:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    async def prime(self, child_kinds: Iterable[str]) -> None:
+    async def prime(self) -> None:
         """Fill the store with one LIST per kind before the first reconcile, so that no object
         is re-applied only because its watch event had not arrived yet."""
-        selector = {"labelSelector": f"{MANAGED_BY_LABEL}={MANAGED_BY}"}
-        for kind in child_kinds:
-            try:
-                items = (await self.client.request("GET", KINDS[kind].path(), params=selector))["items"]
-            except ApiError as exc:
-                if exc.status == 404:  # e.g. no ServiceMonitor CRD
-                    continue
-                raise
-            for item in items:
+        for kind in CHILD_KINDS:
+            listing = await self._list_quietly(kind, OURS_SELECTOR)
+            for item in (listing or {}).get("items") or []:
                 item.setdefault("kind", kind)
                 self.store.put_child(kind, item)
         for node in (await self.client.request("GET", KINDS["Node"].path()))["items"]:
@@ -319,6 +349,54 @@ class Controller:
                 self.store.forget_vllmd(key)
         self.enqueue(changed)
 
+    async def relist_children(self) -> None:
+        """kopf re-lists after a watch gap but emits no DELETED for what went meanwhile: one LIST
+        per kind puts the store right (a child deleted in the gap is recreated, a pod gone in the
+        gap is no longer probed), and the owners of whatever changed get a pass."""
+        changed: list[dict[str, Any]] = []
+        for kind in CHILD_KINDS:
+            listing = await self._list_quietly(kind, OURS_SELECTOR)
+            if listing is None:
+                continue
+            changed += _reconcile_listing(listing, self.store.children.setdefault(kind, {}),
+                                          lambda item, kind=kind: self.store.put_child(kind, item),
+                                          lambda ns, name, kind=kind: self.store.drop_child(kind, ns, name))
+        for selector in (SERVER_POD_SELECTOR, DOWNLOAD_POD_SELECTOR):
+            listing = await self._list_quietly("Pod", selector)
+            if listing is None:
+                continue
+            component = selector.rsplit("=", 1)[1]
+            pods = {k: p for k, p in self.store.pods.items()
+                    if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == component}
+            changed += _reconcile_listing(listing, pods, self.observe_pod, self.store.drop_pod)
+        keys: set[Key] = set()
+        for body in changed:
+            keys.update(self.store.owners_of(body))
+        self.enqueue(sorted(keys))
+
+    async def _list_quietly(self, kind: str, selector: str) -> dict[str, Any] | None:
+        try:
+            return await self.client.request("GET", KINDS[kind].path(), params={"labelSelector": selector})
+        except ApiError as exc:
+            if exc.status == 404:  # e.g. no ServiceMonitor CRD
+                return None
+            raise
+
+    def observe_pod(self, body: Any) -> bool:
+        """A server or download pod into the store; True when a download report changed (the
+        download script leaves bytes, duration or its error in the termination message)."""
+        self.store.put_pod(pod_summary(body))
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+        if labels.get("app.kubernetes.io/component") != DOWNLOAD or not job:
+            return False
+        report = download_report(body)
+        key = (body["metadata"]["namespace"], job)
+        if report is None or self.store.downloads.get(key) == report:
+            return False
+        self.store.downloads[key] = report
+        return True
+
     def became_leader(self) -> None:
         """Act again, from a store checked against the API server (events may have been missed
         while the connection was down)."""
@@ -330,6 +408,7 @@ class Controller:
     async def _relist_quietly(self) -> None:
         try:
             await self.relist_vllmdeployments()
+            await self.relist_children()
         except (ApiError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
             log.warning("re-listing VLLMDeployments failed (the next resync retries): %s", exc)
 
@@ -396,7 +475,8 @@ class Controller:
     # --- reconcile -------------------------------------------------------------------------------
 
     async def reconcile(self, key: Key) -> float | None:
-        """One pass for one VLLMDeployment. Returns seconds until it must run again, or None."""
+        """One pass for one VLLMDeployment: observe -> plan -> desired -> apply the differences
+        -> status. Returns seconds until it must run again, or None."""
         body = self.store.vllmds.get(key)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return None  # children carry owner references: the garbage collector removes them
@@ -413,14 +493,50 @@ class Controller:
                 "TrustRemoteCodeForbidden", "this cluster's administrator forbids model.trustRemoteCode=true")))
             return None
 
-        retry: float | None = None
+        planned = await self._plan(key, vd, current_status)
+        if isinstance(planned, PlanOutcomeFailure):
+            await self._write_status(body, compute_status(vd, current=current_status, now=now,
+                                                          failure=planned.failure))
+            return planned.retry
+        plan, plan_note = planned
+        inputs = plan_inputs(vd)
+        observed = self._observe(vd, plan)
+        want = desired(vd, plan, observed)
+        status_args: dict[str, Any] = dict(current=current_status, now=now, plan=plan, plan_inputs=inputs,
+                                           plan_note=plan_note)
+        if want.failure is not None:
+            await self._write_status(body, compute_status(vd, failure=want.failure, **status_args))
+            return None
+        applied = await self._apply(vd, want)
+        if applied.rejected is not None:
+            await self._write_status(body, compute_status(vd, failure=Failure("InvalidSpec", str(applied.rejected)),
+                                                          **status_args))
+            return None
+        if applied.conflicts:
+            # Not ours: never written, never deleted. Retried with back-off, since the user's object
+            # may go away without an event the operator would see (it is not labelled).
+            await self._write_status(body, compute_status(vd, failure=conflict_failure(applied.conflicts),
+                                                          **status_args))
+            return self._backoff(key)
+
+        readiness = self.store.readiness.get(key) if self.probing else None
+        status = compute_status(vd, cache=observed.cache, deployment=applied.workload, readiness=readiness,
+                                endpoint=endpoint_url(vd), probing=self.probing,
+                                workload_current=want.workload_current,
+                                notes=tuple((n.type, n.status, n.reason, n.message) for n in want.notes),
+                                **status_args)
+        await self._write_status(body, status)
+        return None
+
+    async def _plan(self, key: Key, vd: VLLMDeployment,
+                    current_status: dict[str, Any]) -> "tuple[ServingPlan, PlanNote | None] | PlanOutcomeFailure":
+        """The serving plan from the hub's metadata, or the last plan in status while the hub
+        cannot be read (an outage must not turn a serving model Failed)."""
         config = index = None
         # Hub models: the config is read even when every size is explicit, so that sizes vLLM
-        # would refuse (TP not dividing the heads) fail here, not in a crash-looping pod. When
-        # the hub is unreachable, explicit sizes still deploy (see decide_serving_plan).
-        needs_metadata = not vd.spec.model.is_pvc
+        # would refuse (TP not dividing the heads) fail here, not in a crash-looping pod.
         hub_error: HubError | None = None
-        if needs_metadata:
+        if not vd.spec.model.is_pvc:
             try:
                 token = await self._secret_value(vd.namespace, vd.spec.cache.token_secret_ref)
                 meta = await self.hub.metadata(vd.spec.model.name, vd.spec.model.revision,
@@ -428,93 +544,110 @@ class Controller:
                 config, index = meta.config, meta.safetensors_index
             except HubError as exc:
                 hub_error = exc.fresh()  # not exc: its traceback holds this frame (a cycle)
+        shared = self._cache_shared(vd)
+        if hub_error is not None:
+            kept = last_known_plan(vd, current_status, cache_shared=shared, image=self.settings.vllm_image)
+            if kept is not None:
+                return kept, PlanNote("LastKnownPlan", f"the model's metadata cannot be read ({hub_error.message}); "
+                                                       f"serving with the last plan: {kept.parallelism_reason}")
         try:
             plan = decide_serving_plan(vd, config=config, safetensors_index=index, nodes=self.store.gpu_nodes(),
-                                       cache_shared=self._cache_shared(vd), image=self.settings.vllm_image)
+                                       cache_shared=shared, image=self.settings.vllm_image)
         except PlanFailure as exc:
-            failure = Failure(exc.reason, exc.message)
             if hub_error is not None and exc.reason == "ModelConfigUnavailable":
-                failure = Failure(hub_error.reason, hub_error.message)
                 retry = None if hub_error.permanent else self._backoff(key)
-            elif exc.retry:
-                retry = self._backoff(key)
-            await self._write_status(body, compute_status(vd, current=current_status, now=now, failure=failure))
-            return retry
+                return PlanOutcomeFailure(Failure(hub_error.reason, hub_error.message), retry)
+            return PlanOutcomeFailure(Failure(exc.reason, exc.message), self._backoff(key) if exc.retry else None)
+        return plan, None
 
-        # The GPU workload waits until the weights are on the volume; every other child is
-        # independent, so they are written concurrently (one round trip, not six).
-        # A shared claim's Job (and a Delete-policy claim) is owned by every user of the model, so
-        # rendering it costs O(users): done only while the download is unfinished, and not at all
-        # in the passes after it (with 1000 users that was half the operator's CPU).
-        cache_state = CacheState(True, reason="ModelOnVolume", message=f"model read from claim {plan.cache_claim}")
-        download_pending = False
-        if not vd.spec.model.is_pvc:
+    def _observe(self, vd: VLLMDeployment, plan: ServingPlan) -> Observed:
+        """A snapshot of what the store holds for this VLLMDeployment (no I/O)."""
+        ns = vd.namespace
+        children = {(kind, name): live for kind, name in child_keys(vd, plan)
+                    if (live := self.store.child(kind, ns, name)) is not None}
+        if vd.spec.model.is_pvc:
+            cache = CacheState(True, reason="ModelOnVolume", message=f"model read from claim {plan.cache_claim}")
+        else:
             job_name = download_job_name(plan)
-            cache_state = CacheState.from_job(self.store.child("Job", vd.namespace, job_name),
-                                              self.store.downloads.get((vd.namespace, job_name)))
-            download_pending = not cache_state.complete
-        owners = (self._cache_users(vd, plan)
-                  if download_pending or vd.spec.cache.deletion_policy == "Delete" else [vd])
-        job = render_download_job(vd, plan, owners) if download_pending else None
-        if plan.multi_node and not self.store.leader_worker_set_crd:
-            failure = Failure("LeaderWorkerSetMissing",
-                              f"the plan needs {plan.nodes} nodes per replica ({plan.parallelism_reason}); {INSTALL_HINT}")
-            await self._write_status(body, compute_status(vd, current=current_status, now=now, plan=plan,
-                                                          failure=failure))
-            return None
-        monitor = (render_service_monitor(vd)
-                   if self.store.service_monitor_crd and vd.spec.monitoring.service_monitor else None)
+            cache = CacheState.from_job(children.get(("Job", job_name)), self.store.downloads.get((ns, job_name)))
+        # A shared claim's Job (and a Delete-policy claim) is owned by every user of the model, so
+        # gathering them costs O(users): done only while the download is unfinished or when the
+        # claim may be deleted with its users (with 1000 users that was half the operator's CPU).
+        gather = (not cache.complete and not vd.spec.model.is_pvc) or vd.spec.cache.deletion_policy == "Delete"
+        users = tuple(self._cache_users(vd, plan)) if gather else (vd,)
+        expandable = {name: bool(sc.get("allowVolumeExpansion")) for name, sc in self.store.storage_classes.items()}
+        return Observed(children=children, users=users, cache=cache,
+                        service_monitor_crd=self.store.service_monitor_crd,
+                        leader_worker_set_crd=self.store.leader_worker_set_crd,
+                        expandable_storage=expandable, default_image=self.settings.vllm_image)
+
+    async def _apply(self, vd: VLLMDeployment, want: Desired) -> Applied:
+        """Write the children that differ, remove the ones no longer wanted, concurrently (one
+        round trip, not six). Nothing without this VLLMDeployment's ownership is touched."""
         results = await asyncio.gather(
-            self._ensure_or_remove("PersistentVolumeClaim", vd.namespace, plan.cache_claim,
-                                   render_cache_pvc(vd, plan, owners), remove=False),
-            self._ensure_download(vd, job, cache_state),
-            self._ensure_workload(vd, plan, cache_state.complete),
-            self._ensure(render_service(vd, multi_node=plan.multi_node)),
-            self._ensure_or_remove("NetworkPolicy", vd.namespace, vd.name, render_network_policy(vd)),
-            self._ensure_or_remove("ServiceMonitor", vd.namespace, vd.name, monitor),
+            *(self._ensure_child(vd, child) for child in want.children),
+            *(self._remove_child(vd, kind, name) for kind, name in want.removals),
             return_exceptions=True,
         )
-        for result in results:
-            if isinstance(result, ChildRejected):
-                await self._write_status(body, compute_status(vd, current=current_status, now=now, plan=plan,
-                                                              failure=Failure("InvalidSpec", str(result))))
-                return None
-        error = next((result for result in results if isinstance(result, BaseException)), None)
-        live_workload = results[2]
+        rejected = next((r for r in results if isinstance(r, ChildRejected)), None)
+        conflicts = sorted({r.key for r in results if isinstance(r, ChildConflict)})
+        error = next((r for r in results if isinstance(r, BaseException)
+                      and not isinstance(r, (ChildRejected, ChildConflict))), None)
         del results
         if error is not None:
             try:
                 raise error
             finally:
                 error = None  # the traceback holds this frame; the frame must not hold it back
+        kind, name = want.workload
+        workload = self.store.child(kind, vd.namespace, name)
+        if kind == "LeaderWorkerSet" and want.workload_current:
+            # kopf starts the LeaderWorkerSet watch only when it sees the CRD in discovery,
+            # and can miss a CRD installed after the operator started; the group's status
+            # is read from the API (multi-node objects are few; their pods' events bring
+            # these passes).
+            workload = await self._read_fresh(kind, vd.namespace, name) or workload
+        return Applied(workload=workload, conflicts=tuple(conflicts), rejected=rejected)
 
-        readiness = self.store.readiness.get(key) if self.probing else None
-        status = compute_status(vd, current=current_status, now=now, plan=plan, cache=cache_state,
-                                deployment=live_workload, readiness=readiness, endpoint=endpoint_url(vd),
-                                probing=self.probing)
-        await self._write_status(body, status)
-        return retry
-
-    async def _ensure_workload(self, vd: VLLMDeployment, plan: ServingPlan,
-                               cache_complete: bool) -> dict[str, Any] | None:
-        """The Deployment, or the LeaderWorkerSet when one replica spans nodes; the other kind
-        is removed when the plan switches. Nothing is rolled until the model is cached."""
-        lws_name = leader_worker_set_name(vd)
-        kind, name, other, other_name = (("LeaderWorkerSet", lws_name, "Deployment", vd.name) if plan.multi_node
-                                         else ("Deployment", vd.name, "LeaderWorkerSet", lws_name))
+    async def _ensure_child(self, vd: VLLMDeployment, child: dict[str, Any]) -> None:
+        kind = child["kind"]
+        name = child["metadata"]["name"]
         live = self.store.child(kind, vd.namespace, name)
-        if cache_complete:
-            desired = render_leader_worker_set(vd, plan) if plan.multi_node else render_deployment(vd, plan)
-            live = await self._ensure(desired) or live
-            if plan.multi_node:
-                # kopf starts the LeaderWorkerSet watch only when it sees the CRD in discovery,
-                # and can miss a CRD installed after the operator started; the group's status
-                # is read from the API (multi-node objects are few; their pods' events bring
-                # these passes).
-                live = await self._read_fresh(kind, vd.namespace, name) or live
-            if self.store.child(other, vd.namespace, other_name) is not None:
-                await self.client.delete(other, vd.namespace, other_name)
-        return live
+        if live is None:
+            # The store holds only labelled objects: one named like this child that someone
+            # else made is found only by asking.
+            live = await self.client.get(kind, vd.namespace, name)
+            if live is not None:
+                if not owned_by(kind, live, vd.uid):
+                    raise ChildConflict(kind, name)
+                live.setdefault("kind", kind)
+                self.store.put_child(kind, live)
+                live = self.store.child(kind, vd.namespace, name)
+        elif not owned_by(kind, live, vd.uid):
+            raise ChildConflict(kind, name)
+        if not needs_apply(child, live):
+            return
+        try:
+            result = await self.client.apply(child)
+        except ApiError as exc:
+            # Job templates are immutable: a changed download Job is replaced, not patched.
+            if kind == "Job" and exc.status == 422 and live is not None:
+                await self.client.delete(kind, vd.namespace, name, uid=live["metadata"].get("uid"))
+                self.store.drop_child(kind, vd.namespace, name)
+                return
+            # Server-side apply answers a field unknown to the child's schema with a 500 that
+            # says so; like a 400 or 422, no retry can fix what the spec asked for.
+            if exc.status in (400, 422) or (exc.status == 500 and "failed to create typed patch object" in exc.message):
+                raise ChildRejected(kind, name, exc.message) from None
+            raise
+        metrics.APPLIES.labels(kind=kind).inc()
+        self.store.put_child(kind, result)
+
+    async def _remove_child(self, vd: VLLMDeployment, kind: str, name: str) -> None:
+        live = self.store.child(kind, vd.namespace, name)
+        if live is None or not owned_by(kind, live, vd.uid):
+            return  # what is not ours stays, even when it carries our labels
+        await self.client.delete(kind, vd.namespace, name, uid=(live.get("metadata") or {}).get("uid"))
 
     async def _read_fresh(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -526,26 +659,6 @@ class Controller:
         body.setdefault("kind", kind)
         self.store.put_child(kind, body)
         return self.store.child(kind, namespace, name)
-
-    async def _ensure_download(self, vd: VLLMDeployment, job: dict[str, Any] | None, cache: CacheState) -> None:
-        if job is None or cache.complete:
-            return
-        live = self.store.child("Job", vd.namespace, job["metadata"]["name"])
-        if cache.failed:
-            if needs_apply(job, live):
-                # A failed download retries only when its inputs changed (token, mirror, ...):
-                # the old Job goes, and its deletion event brings the next pass that recreates it.
-                await self.client.delete("Job", vd.namespace, job["metadata"]["name"], uid=live["metadata"].get("uid"))
-            return
-        await self._ensure(job, replace_on_conflict=True)
-
-    async def _ensure_or_remove(self, kind: str, namespace: str, name: str, desired: dict[str, Any] | None,
-                                *, remove: bool = True) -> None:
-        """Apply an optional child, or delete it when the spec no longer asks for it."""
-        if desired is not None:
-            await self._ensure(desired)
-        elif remove and self.store.child(kind, namespace, name) is not None:
-            await self.client.delete(kind, namespace, name)
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -566,6 +679,7 @@ class Controller:
         return None
 
     def _cache_users(self, vd: VLLMDeployment, plan: ServingPlan) -> list[VLLMDeployment]:
+        """Every live VLLMDeployment of the namespace serving from this plan's cache claim."""
         if not plan.cache_shared:
             return [vd]
         users = [vd]
@@ -573,37 +687,12 @@ class Controller:
             if ns != vd.namespace or name == vd.name or (body.get("metadata") or {}).get("deletionTimestamp"):
                 continue
             other = self.store.parsed((ns, name))
-            if other is None:
+            if other is None or other.spec.model.is_pvc or other.spec.cache.existing_claim:
                 continue
             if (other.spec.model.name, other.spec.model.revision) == (vd.spec.model.name, vd.spec.model.revision) \
-                    and (other.spec.cache.access_mode in ("Auto", "ReadWriteMany")) \
-                    and other.spec.cache.deletion_policy == vd.spec.cache.deletion_policy \
-                    and not other.spec.cache.existing_claim:
+                    and cache_claim_name(other, self._cache_shared(other)) == plan.cache_claim:
                 users.append(other)
         return users
-
-    async def _ensure(self, desired: dict[str, Any], *, replace_on_conflict: bool = False) -> dict[str, Any] | None:
-        kind = desired["kind"]
-        meta = desired["metadata"]
-        live = self.store.child(kind, meta["namespace"], meta["name"])
-        if not needs_apply(desired, live):
-            return None
-        try:
-            result = await self.client.apply(desired)
-        except ApiError as exc:
-            # Job templates are immutable: a changed download Job is replaced, not patched.
-            if replace_on_conflict and exc.status == 422 and live is not None:
-                await self.client.delete(kind, meta["namespace"], meta["name"], uid=live["metadata"].get("uid"))
-                self.store.drop_child(kind, meta["namespace"], meta["name"])
-                return None
-            # Server-side apply answers a field unknown to the child's schema with a 500 that
-            # says so; like a 400 or 422, no retry can fix what the spec asked for.
-            if exc.status in (400, 422) or (exc.status == 500 and "failed to create typed patch object" in exc.message):
-                raise ChildRejected(kind, meta["name"], exc.message) from None
-            raise
-        metrics.APPLIES.labels(kind=kind).inc()
-        self.store.put_child(kind, result)
-        return result
 
     async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -650,6 +739,41 @@ class Controller:
             value = base64.b64decode(raw).decode() if raw else None
         self._secret_cache[key] = (time.monotonic(), value)
         return value
+
+
+def pod_summary(body: Any) -> dict[str, Any]:
+    """Only what the prober and the metrics need: address, readiness, container states."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    return {
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                     "resourceVersion": meta.get("resourceVersion"), "labels": dict(meta.get("labels") or {})},
+        "status": {"phase": status.get("phase"), "podIP": status.get("podIP"),
+                   "conditions": list(status.get("conditions") or []),
+                   "containerStatuses": list(status.get("containerStatuses") or [])},
+    }
+
+
+def _reconcile_listing(listing: dict[str, Any], known: dict[Key, dict[str, Any]], put: Any, drop: Any) -> list[Any]:
+    """Bring `known` (the store's objects of one list) in line with a fresh LIST: what the list
+    has newer is put, what it lacks is dropped unless the store's copy is newer than the list.
+    Returns the objects that changed."""
+    listed_at = (listing.get("metadata") or {}).get("resourceVersion", "")
+    seen: set[Key] = set()
+    changed: list[Any] = []
+    for item in listing.get("items") or []:
+        meta = item["metadata"]
+        key = (meta["namespace"], meta["name"])
+        seen.add(key)
+        have = known.get(key)
+        if have is None or _newer(meta.get("resourceVersion", ""), (have.get("metadata") or {}).get("resourceVersion") or ""):
+            put(item)
+            changed.append(item)
+    for key, body in list(known.items()):
+        if key not in seen and not _newer((body.get("metadata") or {}).get("resourceVersion") or "", listed_at):
+            drop(*key)
+            changed.append(body)
+    return changed
 
 
 def _unparsed(body: dict[str, Any]) -> VLLMDeployment:

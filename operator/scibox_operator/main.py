@@ -13,26 +13,18 @@ from typing import Any
 import kopf
 
 from . import GROUP, PLURAL, VERSION, metrics
-from .controller import WATCHED_CRDS, Controller, Settings, _trim, crd_established, storage_class_summary
-from .kube import KubeClient
+from .controller import (CHILD_KINDS, WATCHED_CRDS, Controller, Settings, _trim, crd_established,
+                         storage_class_summary)
+from .kube import KINDS, KubeClient
 from .leader import LeaderElector
 from .prober import Prober
 from .render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, SERVER
-from .status import download_report
 from .serving import gpu_node_from_body
 
 log = logging.getLogger(__name__)
 
-# The kinds the operator renders and therefore watches (only objects it labelled).
-CHILD_RESOURCES = {
-    "Deployment": ("apps", "v1", "deployments"),
-    "Service": ("", "v1", "services"),
-    "Job": ("batch", "v1", "jobs"),
-    "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
-    "ServiceMonitor": ("monitoring.coreos.com", "v1", "servicemonitors"),
-    "LeaderWorkerSet": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
-    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
-}
+# group, version, plural of each kind the operator renders (and so watches), from the one kind table
+CHILD_RESOURCES = {kind: (KINDS[kind].group, KINDS[kind].version, KINDS[kind].plural) for kind in CHILD_KINDS}
 OURS = {MANAGED_BY_LABEL: MANAGED_BY}
 
 
@@ -72,7 +64,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     controller = Controller(client, Settings())
     memo.controller = controller
     metrics.register_state_collector(controller.store, controller.queue)
-    await controller.prime(CHILD_RESOURCES)
+    await controller.prime()
     controller.start()
     memo.prober = Prober(controller)
     memo.prober.start()
@@ -106,7 +98,12 @@ async def vllmdeployment_event(event: dict[str, Any], body: kopf.Body, memo: kop
     controller: Controller = memo.controller
     key = (body.metadata.namespace, body.metadata.name)
     if event["type"] == "DELETED":
+        # The users left of a shared cache claim may now own it (or its Job) differently.
+        claim = (controller.store.vllmds.get(key, {}).get("status") or {}).get("cacheClaim")
         controller.store.forget_vllmd(key)
+        if claim:
+            controller.enqueue([k for k, v in controller.store.vllmds.items()
+                                if k[0] == key[0] and (v.get("status") or {}).get("cacheClaim") == claim])
         return
     known = controller.store.vllmds.get(key)
     if known is not None and known["metadata"].get("resourceVersion") == body.metadata.get("resourceVersion"):
@@ -134,44 +131,24 @@ for _kind, (_group, _version, _plural) in CHILD_RESOURCES.items():
     kopf.on.event(_group, _version, _plural, labels=OURS, id=f"{_kind.lower()}-event")(_child_handler(_kind))
 
 
-def pod_summary(body: kopf.Body) -> dict[str, Any]:
-    """Only what the prober and the metrics need: address, readiness, container states."""
-    status = body.get("status") or {}
-    return {
-        "metadata": {"name": body.metadata.name, "namespace": body.metadata.namespace,
-                     "uid": body.metadata.uid, "labels": dict(body.metadata.labels)},
-        "status": {"phase": status.get("phase"), "podIP": status.get("podIP"),
-                   "conditions": list(status.get("conditions") or []),
-                   "containerStatuses": list(status.get("containerStatuses") or [])},
-    }
-
-
 @kopf.on.event("", "v1", "pods", labels={**OURS, "app.kubernetes.io/component": SERVER})
 async def server_pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     controller: Controller = memo.controller
-    key = (body.metadata.namespace, body.metadata.name)
     if event["type"] == "DELETED":
-        controller.store.drop_pod(*key)
+        controller.store.drop_pod(body.metadata.namespace, body.metadata.name)
     else:
-        controller.store.put_pod(pod_summary(body))
+        controller.observe_pod(body)
 
 
 @kopf.on.event("", "v1", "pods", labels={**OURS, "app.kubernetes.io/component": DOWNLOAD})
 async def download_pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """The download script reports bytes, duration or its error in the termination message."""
+    """The metrics collector reads download bytes from the pods it finds in the store; a new
+    download report brings a pass of the claim's users."""
     controller: Controller = memo.controller
-    job = body.metadata.labels.get("batch.kubernetes.io/job-name") or body.metadata.labels.get("job-name")
-    if event["type"] == "DELETED" or not job:
+    if event["type"] == "DELETED":
         controller.store.drop_pod(body.metadata.namespace, body.metadata.name)
-        return
-    # The metrics collector reads download bytes from the pods it finds in the store.
-    controller.store.put_pod(pod_summary(body))
-    report = download_report(body)
-    key = (body.metadata.namespace, job)
-    if report is None or controller.store.downloads.get(key) == report:
-        return
-    controller.store.downloads[key] = report
-    controller.enqueue(controller.store.owners_of(body))
+    elif controller.observe_pod(body):
+        controller.enqueue(controller.store.owners_of(body))
 
 
 @kopf.on.event("", "v1", "nodes")

@@ -81,11 +81,53 @@ def _replicas(deployment: dict[str, Any] | None) -> tuple[int, int]:
     return int(status.get("replicas") or 0), int(status.get("readyReplicas") or 0)
 
 
+@dataclass(frozen=True)
+class PlanNote:
+    """How the plan in status came about when it is not a fresh one (e.g. the hub was down)."""
+
+    reason: str
+    message: str
+
+
+def rollout_condition(desired: int, workload: dict[str, Any] | None, current: bool) -> tuple[str, str, str]:
+    """UpToDate: True only when every replica runs the current template and is ready, read from
+    the workload controller's own status for the workload's current generation."""
+    if not current:
+        return "False", "WaitingForModelCache", "the new template waits until the model is in the cache"
+    if workload is None:
+        return "False", "RollingOut", "the workload is being created"
+    status = workload.get("status") or {}
+    generation = int((workload.get("metadata") or {}).get("generation") or 0)
+    seen = status.get("observedGeneration")
+    if seen is not None and int(seen) < generation:
+        return "False", "RollingOut", "the workload controller has not yet seen the current template"
+    replicas = int(status.get("replicas") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    ready = int(status.get("readyReplicas") or 0)
+    if updated < desired or replicas > updated or ready < desired:
+        old = max(0, replicas - updated)
+        return ("False", "RollingOut", f"{min(updated, desired)}/{desired} replicas run the current template "
+                f"({ready} ready, {old} old still running)")
+    if desired == 0:
+        return "True", "RolledOut", "scaled to zero replicas"
+    return "True", "RolledOut", f"all {desired} replicas run the current template and are ready"
+
+
+def plan_status(plan: ServingPlan, inputs: str) -> dict[str, Any]:
+    """What status keeps of a plan: enough to serve on with it when the hub cannot be read."""
+    return {"tensorParallelSize": plan.tensor_parallel_size, "pipelineParallelSize": plan.pipeline_parallel_size,
+            "gpusPerReplica": plan.gpus_per_replica, "parallelismReason": plan.parallelism_reason,
+            "cacheClaim": plan.cache_claim,
+            "plan": {"inputs": inputs, "nodesPerReplica": plan.nodes, "cacheSize": plan.cache_size}}
+
+
 def compute_status(vd: VLLMDeployment, *, current: dict[str, Any] | None, now: datetime,
                    plan: ServingPlan | None = None, failure: Failure | None = None,
                    cache: CacheState | None = None, deployment: dict[str, Any] | None = None,
                    readiness: ReadinessSummary | None = None, endpoint: str | None = None,
-                   probing: bool = False) -> dict[str, Any]:
+                   probing: bool = False, plan_inputs: str = "", plan_note: PlanNote | None = None,
+                   workload_current: bool = True,
+                   notes: tuple[tuple[str, str, str, str], ...] = ()) -> dict[str, Any]:
     current = current or {}
     previous = {c.get("type"): c for c in current.get("conditions") or []}
     gen = vd.generation
@@ -94,13 +136,12 @@ def compute_status(vd: VLLMDeployment, *, current: dict[str, Any] | None, now: d
         return make_condition(type_, status, reason, message, now=now, previous=previous.get(type_),
                               observed_generation=gen)
 
-    conditions: list[dict[str, Any]] = []
+    conditions: list[dict[str, Any]] = [cond(*note) for note in notes]
     out: dict[str, Any] = {"observedGeneration": gen}
     if plan is not None:
-        out.update(tensorParallelSize=plan.tensor_parallel_size, pipelineParallelSize=plan.pipeline_parallel_size,
-                   gpusPerReplica=plan.gpus_per_replica, parallelismReason=plan.parallelism_reason,
-                   cacheClaim=plan.cache_claim)
-        conditions.append(cond("ParallelismPlanned", "True", "Planned", plan.parallelism_reason))
+        out.update(plan_status(plan, plan_inputs))
+        planned = plan_note or PlanNote("Planned", plan.parallelism_reason)
+        conditions.append(cond("ParallelismPlanned", "True", planned.reason, planned.message))
     if endpoint:
         out["endpoint"] = endpoint
     replicas, pods_ready = _replicas(deployment)
@@ -110,9 +151,11 @@ def compute_status(vd: VLLMDeployment, *, current: dict[str, Any] | None, now: d
         if plan is None:
             conditions.append(cond("ParallelismPlanned", "False", failure.reason, failure.message))
         conditions.append(cond("Ready", "False", failure.reason, failure.message))
+        conditions.append(cond("UpToDate", "False", failure.reason, failure.message))
         out.update(phase="Failed", readyReplicas=0, conditions=conditions)
         return out
 
+    conditions.append(cond("UpToDate", *rollout_condition(vd.spec.replicas, deployment, workload_current)))
     if cache is not None:
         conditions.append(cond("ModelCached", "True" if cache.complete else "False", cache.reason, cache.message))
         if cache.failed:

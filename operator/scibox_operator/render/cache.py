@@ -7,7 +7,8 @@ from typing import Any
 from ..engine_args import DOWNLOAD_EXIT_CODES
 from ..serving import MODELS_MOUNT, ServingPlan
 from ..spec import VLLMDeployment
-from .common import CACHE, DOWNLOAD, container_security_context, labels, pod_security_context
+from .common import (CACHE, CACHE_LABEL, DOWNLOAD, OWNER_NAME_LABEL, container_security_context, labels,
+                     pod_security_context)
 
 DOWNLOAD_SCRIPT = "/opt/scibox/download_model.sh"
 # Exit codes of download_model.sh that no retry can fix: the Job fails at once instead of
@@ -28,28 +29,35 @@ def _owner_refs(owners: list[VLLMDeployment]) -> list[dict[str, Any]]:
     return refs
 
 
-def _cache_metadata(vd: VLLMDeployment, name: str, component: str, owners: list[VLLMDeployment],
-                    own: bool) -> dict[str, Any]:
+def _cache_metadata(vd: VLLMDeployment, name: str, component: str, owners: list[VLLMDeployment]) -> dict[str, Any]:
     meta_labels = labels(vd, component)
     # A shared claim serves several VLLMDeployments: label it by model, not by one of them.
-    meta_labels.pop("scibox.io/vllmdeployment")
+    meta_labels.pop(OWNER_NAME_LABEL)
     meta_labels["app.kubernetes.io/instance"] = name
-    meta_labels["scibox.io/model-cache"] = name
+    meta_labels[CACHE_LABEL] = name
     meta: dict[str, Any] = {"name": name, "namespace": vd.namespace, "labels": meta_labels,
                             "annotations": {"scibox.io/model": vd.spec.model.name,
                                             "scibox.io/revision": vd.spec.model.revision}}
-    if own:
+    if owners:
         meta["ownerReferences"] = _owner_refs(owners)
     return meta
 
 
+def claim_owners(users: list[VLLMDeployment]) -> list[VLLMDeployment]:
+    """Whose deletion may delete the cache claim: every user, when each of them asks for
+    deletionPolicy Delete; nobody (the claim is kept) as soon as one user retains it."""
+    if any(u.spec.cache.deletion_policy != "Delete" for u in users):
+        return []
+    return users
+
+
 def render_cache_pvc(vd: VLLMDeployment, plan: ServingPlan,
-                     owners: list[VLLMDeployment]) -> dict[str, Any] | None:
-    """None when the claim is the user's (existingClaim or pvc://): the operator never owns it."""
+                     users: list[VLLMDeployment]) -> dict[str, Any] | None:
+    """None when the claim is the user's (existingClaim or pvc://): the operator never owns it.
+    `users` are every VLLMDeployment serving from the claim (see claim_owners)."""
     cache = vd.spec.cache
     if vd.spec.model.is_pvc or cache.existing_claim:
         return None
-    own = cache.deletion_policy == "Delete"
     spec: dict[str, Any] = {
         "accessModes": ["ReadWriteMany" if plan.cache_shared else
                         ("ReadWriteOncePod" if cache.access_mode == "ReadWriteOncePod" else "ReadWriteOnce")],
@@ -61,7 +69,7 @@ def render_cache_pvc(vd: VLLMDeployment, plan: ServingPlan,
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": _cache_metadata(vd, plan.cache_claim, CACHE, owners, own),
+        "metadata": _cache_metadata(vd, plan.cache_claim, CACHE, claim_owners(users)),
         "spec": spec,
     }
 
@@ -107,8 +115,8 @@ def render_download_job(vd: VLLMDeployment, plan: ServingPlan,
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": cache.token_secret_ref.name, "key": cache.token_secret_ref.key}}})
     name = download_job_name(plan)
-    meta = _cache_metadata(vd, name, DOWNLOAD, owners, own=True)
-    meta["labels"]["scibox.io/model-cache"] = plan.cache_claim
+    meta = _cache_metadata(vd, name, DOWNLOAD, owners)
+    meta["labels"][CACHE_LABEL] = plan.cache_claim
     pod_labels = dict(meta["labels"])
     return {
         "apiVersion": "batch/v1",

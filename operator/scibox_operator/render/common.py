@@ -12,6 +12,8 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 OWNER_NAME_LABEL = "scibox.io/vllmdeployment"
+# Marks a cache claim and its download Job with the claim name (shared by every user of a model).
+CACHE_LABEL = "scibox.io/model-cache"
 
 SERVER = "server"
 CACHE = "model-cache"

@@ -1,0 +1,1 @@
+"""One pass for one VLLMDeployment: observe -> plan -> desired children and status -> apply."""

@@ -1,0 +1,170 @@
+"""Every child one VLLMDeployment should have, and every child it should no longer have (pure).
+
+`desired(vd, plan, observed)` is the one place the list of children is composed: the controller
+applies its differences, `scibox-operator render` prints it. The same inputs always give
+byte-identical children, each stamped with its render hash (see diff.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from ..diff import needs_apply, stamped
+from ..render.cache import render_cache_pvc, render_download_job, download_job_name
+from ..render.deployment import render_deployment
+from ..render.leaderworkerset import INSTALL_HINT, leader_worker_set_name, render_leader_worker_set
+from ..render.monitoring import render_service_monitor
+from ..render.network_policy import render_network_policy
+from ..render.service import render_service
+from ..serving import DEFAULT_VLLM_IMAGE, ServingPlan
+from ..spec import VLLMDeployment
+from ..status import CacheState, Failure
+from .quantity import parse_quantity
+
+ChildKey = tuple[str, str]  # (kind, name); the namespace is the VLLMDeployment's
+
+
+@dataclass(frozen=True)
+class Note:
+    """An extra condition a pass wants in status (a problem the spec cannot fix by waiting)."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the operator saw of one VLLMDeployment's world, taken from its watch store."""
+
+    children: Mapping[ChildKey, dict[str, Any]] = field(default_factory=dict)
+    # every VLLMDeployment serving from this cache claim, gathered only while it matters (an
+    # unfinished download, a Delete-policy claim); otherwise just the object itself
+    users: tuple[VLLMDeployment, ...] = ()
+    cache: CacheState = CacheState(False, reason="DownloadPending", message="the download Job is being created")
+    service_monitor_crd: bool = False
+    leader_worker_set_crd: bool = False
+    # StorageClass name -> may its volumes grow (allowVolumeExpansion)
+    expandable_storage: Mapping[str, bool] = field(default_factory=dict)
+    # the server image of a spec that names none (the operator's setting): a shared Job rendered
+    # from another user's spec must use that user's image, not this one's
+    default_image: str = DEFAULT_VLLM_IMAGE
+
+    def live(self, kind: str, name: str) -> dict[str, Any] | None:
+        return self.children.get((kind, name))
+
+
+@dataclass(frozen=True)
+class Desired:
+    children: tuple[dict[str, Any], ...]  # applied where they differ from the live ones
+    removals: tuple[ChildKey, ...]  # live children this spec no longer asks for
+    workload: ChildKey  # the Deployment or LeaderWorkerSet whose status the VLLMDeployment reports
+    workload_current: bool  # False while the live workload waits for the model to be cached
+    failure: Failure | None = None
+    notes: tuple[Note, ...] = ()
+
+
+def child_keys(vd: VLLMDeployment, plan: ServingPlan) -> tuple[ChildKey, ...]:
+    """Every child this VLLMDeployment may have (rendered now or to be removed)."""
+    keys = [("PersistentVolumeClaim", plan.cache_claim)]
+    if not vd.spec.model.is_pvc:
+        keys.append(("Job", download_job_name(plan)))
+    keys += [("Deployment", vd.name), ("LeaderWorkerSet", leader_worker_set_name(vd)), ("Service", vd.name),
+             ("NetworkPolicy", vd.name), ("ServiceMonitor", vd.name)]
+    return tuple(keys)
+
+
+def workload_key(vd: VLLMDeployment, plan: ServingPlan) -> ChildKey:
+    return ("LeaderWorkerSet", leader_worker_set_name(vd)) if plan.multi_node else ("Deployment", vd.name)
+
+
+def desired(vd: VLLMDeployment, plan: ServingPlan, observed: Observed) -> Desired:
+    workload = workload_key(vd, plan)
+    if plan.multi_node and not observed.leader_worker_set_crd:
+        failure = Failure("LeaderWorkerSetMissing",
+                          f"the plan needs {plan.nodes} nodes per replica ({plan.parallelism_reason}); {INSTALL_HINT}")
+        return Desired((), (), workload, False, failure)
+    children: list[dict[str, Any]] = []
+    removals: list[ChildKey] = []
+    notes: list[Note] = []
+
+    def want(kind: str, name: str, obj: dict[str, Any] | None) -> None:
+        if obj is not None:
+            children.append(stamped(obj))
+        elif observed.live(kind, name) is not None:
+            removals.append((kind, name))
+
+    users = list(observed.users) or [vd]
+    claim, note = _cache_claim(vd, plan, users, observed)
+    if claim is not None:
+        children.append(stamped(claim))
+    if note is not None:
+        notes.append(note)
+    children.extend(_download_job(plan, users, observed, removals))
+
+    if observed.cache.complete:
+        other = ("Deployment", vd.name) if plan.multi_node else ("LeaderWorkerSet", leader_worker_set_name(vd))
+        children.append(stamped(render_leader_worker_set(vd, plan) if plan.multi_node else render_deployment(vd, plan)))
+        if observed.live(*other) is not None:
+            removals.append(other)
+    want("Service", vd.name, render_service(vd, multi_node=plan.multi_node))
+    want("NetworkPolicy", vd.name, render_network_policy(vd))
+    want("ServiceMonitor", vd.name, render_service_monitor(vd)
+         if observed.service_monitor_crd and vd.spec.monitoring.service_monitor else None)
+    return Desired(tuple(children), tuple(removals), workload, observed.cache.complete, None, tuple(notes))
+
+
+def _canonical(users: list[VLLMDeployment]) -> VLLMDeployment:
+    """The user a shared child is rendered from: every user must render the same object, or
+    their passes would rewrite it in turn."""
+    return min(users, key=lambda u: u.name)
+
+
+def _download_job(plan: ServingPlan, users: list[VLLMDeployment], observed: Observed,
+                  removals: list[ChildKey]) -> list[dict[str, Any]]:
+    """The Job while the download is unfinished; a failed one is removed (and so retried) only
+    when its inputs changed (token, mirror, ...)."""
+    source = _canonical(users)
+    if source.spec.model.is_pvc or observed.cache.complete:
+        return []
+    source_plan = replace(plan, image=source.spec.image or observed.default_image)
+    job = render_download_job(source, source_plan, sorted(users, key=lambda u: u.uid))
+    if job is None:
+        return []
+    job = stamped(job)
+    live = observed.live("Job", job["metadata"]["name"])
+    if observed.cache.failed:
+        if live is not None and needs_apply(job, live):
+            removals.append(("Job", job["metadata"]["name"]))
+        return []
+    return [job]
+
+
+def _cache_claim(vd: VLLMDeployment, plan: ServingPlan, users: list[VLLMDeployment],
+                 observed: Observed) -> tuple[dict[str, Any] | None, Note | None]:
+    """The claim, rendered the same by every user: immutable fields and a larger size are taken
+    from the live claim (a claim never shrinks; a 422 would leave the object failed forever)."""
+    claim = render_cache_pvc(vd, plan, users)
+    live = observed.live("PersistentVolumeClaim", plan.cache_claim)
+    if claim is None or live is None:
+        return claim, None
+    spec, live_spec = claim["spec"], live.get("spec") or {}
+    for immutable in ("storageClassName", "accessModes", "volumeMode"):
+        if immutable in live_spec:
+            spec[immutable] = live_spec[immutable]
+        else:
+            spec.pop(immutable, None)
+    have = str(((live_spec.get("resources") or {}).get("requests") or {}).get("storage", "0"))
+    want = spec["resources"]["requests"]["storage"]
+    if parse_quantity(have) >= parse_quantity(want):
+        spec["resources"]["requests"]["storage"] = have
+        return claim, None
+    storage_class = live_spec.get("storageClassName") or ""
+    if observed.expandable_storage.get(storage_class):
+        return claim, None
+    spec["resources"]["requests"]["storage"] = have
+    return claim, Note("CacheResized", "False", "StorageClassCannotExpand",
+                       f"cache claim {plan.cache_claim} holds {have} and {want} is wanted, but StorageClass "
+                       f"{storage_class or '(none)'} does not allow volume expansion: the claim keeps its size")

@@ -1,0 +1,40 @@
+"""The plan a VLLMDeployment is served with, kept in its status, so that a hub that cannot be read
+after an operator restart never turns a serving model Failed nor resizes its cache."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from ..serving import ServingPlan, cache_claim_name
+from ..spec import VLLMDeployment, short_hash
+
+
+def plan_inputs(vd: VLLMDeployment) -> str:
+    """A digest of every spec field the plan depends on: a kept plan is reused only while the
+    spec still asks for what it was made for."""
+    spec = vd.spec
+    inputs = {
+        "model": spec.model.model_dump(mode="json"),
+        "resources": spec.resources.model_dump(mode="json"),
+        "parallelism": spec.parallelism.model_dump(mode="json"),
+        "gpuMemoryUtilization": spec.engine.gpu_memory_utilization,
+        "cacheSize": spec.cache.size,
+    }
+    return short_hash(json.dumps(inputs, sort_keys=True), length=16)
+
+
+def last_known_plan(vd: VLLMDeployment, status: Mapping[str, Any], *, cache_shared: bool,
+                    image: str) -> ServingPlan | None:
+    """The plan in status when it was made for these inputs, else None."""
+    kept = status.get("plan") or {}
+    if not kept or kept.get("inputs") != plan_inputs(vd):
+        return None
+    try:
+        tp, pp = int(status["tensorParallelSize"]), int(status["pipelineParallelSize"])
+        gpus, nodes = int(status["gpusPerReplica"]), int(kept["nodesPerReplica"])
+        cache_size = str(kept["cacheSize"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return ServingPlan(tp, pp, gpus, str(status.get("parallelismReason") or ""), cache_claim_name(vd, cache_shared),
+                       cache_shared, cache_size, vd.spec.image or image, max(1, nodes))
