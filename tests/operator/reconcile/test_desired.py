@@ -1,0 +1,177 @@
+"""desired(): every child of a spec and every removal, pure (the cluster tests run it for real)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from scibox_operator.diff import RENDER_HASH_ANNOTATION, needs_apply, owned_by
+from scibox_operator.reconcile.desired import Observed, desired
+from scibox_operator.reconcile.last_plan import last_known_plan, plan_inputs
+from scibox_operator.reconcile.quantity import parse_quantity
+from scibox_operator.serving import ServingPlan, cache_claim_name
+from scibox_operator.spec import parse
+from scibox_operator.status import CacheState, plan_status
+
+CACHED = CacheState(True, reason="Downloaded")
+
+
+def vd_of(name="m", uid="uid-1", **spec):
+    base = {"model": {"name": "org/model"}, "resources": {"gpus": 1}}
+    base.update(spec)
+    return parse({"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment",
+                  "metadata": {"name": name, "namespace": "ns", "uid": uid, "generation": 2}, "spec": base})
+
+
+def plan_of(vd, *, nodes=1, shared=False, size="10Gi", tp=1, pp=1):
+    return ServingPlan(tp, pp, tp * pp, "test", cache_claim_name(vd, shared), shared, size, "img:1", nodes)
+
+
+def observed(children=(), **kw):
+    kw.setdefault("cache", CACHED)
+    kw.setdefault("service_monitor_crd", True)
+    kw.setdefault("leader_worker_set_crd", True)
+    return Observed(children={(c["kind"], c["metadata"]["name"]): c for c in children}, **kw)
+
+
+def kinds(want):
+    return sorted((c["kind"], c["metadata"]["name"]) for c in want.children)
+
+
+def child(want, kind):
+    return next(c for c in want.children if c["kind"] == kind)
+
+
+def test_same_inputs_render_byte_identical_stamped_children():
+    vd = vd_of(engine={"env": [{"name": "A", "value": "1"}]})
+    a, b = desired(vd, plan_of(vd), observed()), desired(vd, plan_of(vd), observed())
+    assert a == b
+    assert all(RENDER_HASH_ANNOTATION in c["metadata"]["annotations"] for c in a.children)
+    # The hash is on the object, never in a pod template (a new hash alone must restart nothing).
+    template = child(a, "Deployment")["spec"]["template"]["metadata"]
+    assert RENDER_HASH_ANNOTATION not in (template.get("annotations") or {})
+
+
+def test_a_removed_env_entry_changes_the_hash_so_the_live_object_is_rewritten():
+    with_env = vd_of(engine={"env": [{"name": "A", "value": "1"}]})
+    without = vd_of()
+    live = child(desired(with_env, plan_of(with_env), observed()), "Deployment")
+    new = child(desired(without, plan_of(without), observed()), "Deployment")
+    # The subset check alone sees nothing: the new render is contained in the old live object.
+    stripped = copy.deepcopy(new)
+    stripped["metadata"]["annotations"].pop(RENDER_HASH_ANNOTATION)
+    assert not needs_apply(stripped, live)
+    assert needs_apply(new, live)
+    assert not needs_apply(new, new)
+
+
+def test_optional_children_are_removed_when_the_spec_drops_them():
+    on = vd_of(networkPolicy={"enabled": True}, monitoring={"serviceMonitor": True})
+    live = desired(on, plan_of(on), observed()).children
+    assert ("NetworkPolicy", "m") in kinds(desired(on, plan_of(on), observed()))
+    off = vd_of(monitoring={"serviceMonitor": False})
+    want = desired(off, plan_of(off), observed(live))
+    assert set(want.removals) == {("NetworkPolicy", "m"), ("ServiceMonitor", "m")}
+    assert ("NetworkPolicy", "m") not in kinds(want)
+
+
+def test_switching_to_multi_node_removes_the_deployment_and_serves_from_leaders():
+    vd = vd_of(resources={"gpus": 16})
+    single = desired(vd, plan_of(vd, tp=8, pp=2, nodes=1), observed())
+    multi = desired(vd, plan_of(vd, tp=8, pp=2, nodes=2), observed(single.children))
+    assert ("Deployment", "m") in multi.removals and ("LeaderWorkerSet", "m-group") in kinds(multi)
+    assert "leaderworkerset.sigs.k8s.io/worker-index" in child(multi, "Service")["spec"]["selector"]
+    back = desired(vd, plan_of(vd, tp=8, pp=2, nodes=1), observed(multi.children))
+    assert ("LeaderWorkerSet", "m-group") in back.removals
+    assert "leaderworkerset.sigs.k8s.io/worker-index" not in child(back, "Service")["spec"]["selector"]
+
+
+def test_without_the_leader_worker_set_crd_nothing_is_rendered_and_the_reason_given():
+    vd = vd_of(resources={"gpus": 16})
+    want = desired(vd, plan_of(vd, tp=8, pp=2, nodes=2), observed(leader_worker_set_crd=False))
+    assert want.children == () and want.failure.reason == "LeaderWorkerSetMissing"
+
+
+def test_the_workload_waits_for_the_cache_and_a_finished_job_is_left_alone():
+    vd = vd_of()
+    pending = desired(vd, plan_of(vd), observed(cache=CacheState(False, active=True, reason="Downloading")))
+    assert ("Job", plan_of(vd).cache_claim + "-download") in kinds(pending)
+    assert "Deployment" not in [k for k, _ in kinds(pending)] and not pending.workload_current
+    done = desired(vd, plan_of(vd), observed(pending.children))
+    assert "Job" not in [k for k, _ in kinds(done)] and not done.removals and done.workload_current
+
+
+def test_a_failed_download_is_removed_only_when_its_inputs_changed():
+    vd = vd_of()
+    failed = CacheState(False, failed=True, reason="DownloadFailed")
+    job = child(desired(vd, plan_of(vd), observed(cache=CacheState(False))), "Job")
+    assert desired(vd, plan_of(vd), observed([job], cache=failed)).removals == ()
+    fixed = vd_of(cache={"tokenSecretRef": {"name": "hf"}})
+    assert desired(fixed, plan_of(fixed), observed([job], cache=failed)).removals == (("Job", job["metadata"]["name"]),)
+
+
+def test_a_shared_claim_is_kept_while_any_user_retains_it_and_every_user_renders_it_alike():
+    keep = vd_of("keep", "uid-k", cache={"accessMode": "ReadWriteMany"})
+    drop = vd_of("drop", "uid-d", cache={"accessMode": "ReadWriteMany", "deletionPolicy": "Delete"})
+    drop2 = vd_of("drop2", "uid-e", cache={"accessMode": "ReadWriteMany", "deletionPolicy": "Delete"})
+    pending = CacheState(False, active=True)
+    mixed = [desired(u, plan_of(u, shared=True), observed(users=(u, *others), cache=pending))
+             for u, others in ((keep, (drop,)), (drop, (keep,)))]
+    claims = [child(w, "PersistentVolumeClaim") for w in mixed]
+    jobs = [child(w, "Job") for w in mixed]
+    assert claims[0] == claims[1] and "ownerReferences" not in claims[0]["metadata"], "a Retain user keeps it"
+    assert jobs[0] == jobs[1], "one Job content whoever renders it (no ping-pong of owners)"
+    assert sorted(r["uid"] for r in jobs[0]["metadata"]["ownerReferences"]) == ["uid-d", "uid-k"]
+    # The Retain user renders the claim alike without gathering the others.
+    alone = desired(keep, plan_of(keep, shared=True), observed(users=(keep,)))
+    assert child(alone, "PersistentVolumeClaim") == claims[0]
+    both_delete = desired(drop, plan_of(drop, shared=True), observed(users=(drop, drop2)))
+    refs = child(both_delete, "PersistentVolumeClaim")["metadata"]["ownerReferences"]
+    assert sorted(r["uid"] for r in refs) == ["uid-d", "uid-e"] and not any(r["controller"] for r in refs)
+
+
+def test_a_claim_never_shrinks_and_grows_only_where_the_storage_class_allows():
+    small, big = vd_of(cache={"size": "1Gi"}), vd_of(cache={"size": "2Gi"})
+    live = child(desired(big, plan_of(big, size="2Gi"), observed()), "PersistentVolumeClaim")
+    live["spec"]["storageClassName"] = "local-path"
+    shrunk = desired(small, plan_of(small, size="1Gi"), observed([live]))
+    assert child(shrunk, "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert not shrunk.notes
+    bigger = vd_of(cache={"size": "3Gi"})
+    fixed = desired(bigger, plan_of(bigger, size="3Gi"), observed([live], expandable_storage={"local-path": False}))
+    assert child(fixed, "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert [n.reason for n in fixed.notes] == ["StorageClassCannotExpand"]
+    grows = desired(bigger, plan_of(bigger, size="3Gi"), observed([live], expandable_storage={"local-path": True}))
+    assert child(grows, "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"] == "3Gi"
+    assert child(grows, "PersistentVolumeClaim")["spec"]["storageClassName"] == "local-path", "immutable: kept"
+
+
+@pytest.mark.parametrize("text,value", [("1Gi", 2**30), ("100G", 10**11), ("500Mi", 500 * 2**20), ("1.5Ti", 1.5 * 2**40),
+                                        ("2", 2)])
+def test_quantities(text, value):
+    assert parse_quantity(text) == value
+    with pytest.raises(ValueError):
+        parse_quantity("ten")
+
+
+def test_ownership_is_the_controller_reference_or_the_cache_labels():
+    vd = vd_of()
+    want = desired(vd, plan_of(vd), observed(cache=CacheState(False)))
+    svc, claim, job = child(want, "Service"), child(want, "PersistentVolumeClaim"), child(want, "Job")
+    assert owned_by("Service", svc, "uid-1") and not owned_by("Service", svc, "uid-2")
+    users = {"metadata": {"name": "m", "labels": dict(svc["metadata"]["labels"])}}
+    assert not owned_by("Service", users, "uid-1"), "our labels alone do not make a Service ours"
+    assert owned_by("PersistentVolumeClaim", claim, "uid-2") and owned_by("Job", job, "uid-2")
+    assert not owned_by("PersistentVolumeClaim", {"metadata": {"name": claim["metadata"]["name"]}}, "uid-1")
+
+
+def test_the_last_plan_is_reused_only_for_the_inputs_it_was_made_for():
+    vd = vd_of(parallelism={"tensorParallelSize": "auto"}, resources={"gpuProduct": "NVIDIA-H100-80GB-HBM3"})
+    plan = plan_of(vd, size="3Gi", nodes=1)
+    status = plan_status(plan, plan_inputs(vd))
+    kept = last_known_plan(vd, status, cache_shared=False, image="img:1")
+    assert kept == plan
+    edited = vd_of(parallelism={"tensorParallelSize": "auto"}, resources={"gpuProduct": "NVIDIA-L4"})
+    assert last_known_plan(edited, status, cache_shared=False, image="img:1") is None
+    assert last_known_plan(vd, {}, cache_shared=False, image="img:1") is None
