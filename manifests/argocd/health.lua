@@ -1,5 +1,5 @@
 -- Argo CD health check for scibox.io/VLLMDeployment (Lua 5.1, as Argo CD's gopher-lua runs it).
--- Reads what the operator writes: status.observedGeneration, status.phase and the Ready condition
+-- Reads what the operator writes: status.observedGeneration, status.phase, the Ready and UpToDate conditions
 -- (reasons from scibox_operator/probe.py and status.py).
 --   Healthy      the model answers on every wanted replica, or it is scaled to zero on purpose
 --   Progressing  not yet observed, planning, downloading, pods starting, vLLM loading the model
@@ -70,7 +70,13 @@ end
 local ready = condition(status, "Ready")
 local phase = status.phase
 
-if phase == "Ready" then
+local up_to_date = condition(status, "UpToDate")
+
+if phase == "Ready" and up_to_date ~= nil and up_to_date.status == "False" then
+  -- Serving, but a rollout of the current spec is still under way.
+  hs.status = "Progressing"
+  hs.message = ready_message(up_to_date, "Rolling out the current spec")
+elseif phase == "Ready" then
   hs.status = "Healthy"
   hs.message = ready_message(ready, "All replicas serving")
 elseif phase == "Stopped" then

@@ -135,6 +135,8 @@ class PlanOutcomeFailure:
 # The kinds the operator renders, and therefore watches and re-lists (only objects it labelled).
 CHILD_KINDS = ("Deployment", "Service", "Job", "PersistentVolumeClaim", "ServiceMonitor", "LeaderWorkerSet",
                "NetworkPolicy")
+# Kinds whose pods mount the cache claim.
+MOUNTING_KINDS = ("Job", "Deployment", "LeaderWorkerSet")
 OURS_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 SERVER_POD_SELECTOR = f"{OURS_SELECTOR},app.kubernetes.io/component={SERVER}"
 DOWNLOAD_POD_SELECTOR = f"{OURS_SELECTOR},app.kubernetes.io/component={DOWNLOAD}"
@@ -545,7 +547,7 @@ class Controller:
             except HubError as exc:
                 hub_error = exc.fresh()  # not exc: its traceback holds this frame (a cycle)
         shared = self._cache_shared(vd)
-        if hub_error is not None:
+        if hub_error is not None and not hub_error.permanent:
             kept = last_known_plan(vd, current_status, cache_shared=shared, image=self.settings.vllm_image)
             if kept is not None:
                 return kept, PlanNote("LastKnownPlan", f"the model's metadata cannot be read ({hub_error.message}); "
@@ -584,8 +586,18 @@ class Controller:
     async def _apply(self, vd: VLLMDeployment, want: Desired) -> Applied:
         """Write the children that differ, remove the ones no longer wanted, concurrently (one
         round trip, not six). Nothing without this VLLMDeployment's ownership is touched."""
-        results = await asyncio.gather(
-            *(self._ensure_child(vd, child) for child in want.children),
+        children = list(want.children)
+        results: list[Any] = []
+        claim = next((c for c in children if c["kind"] == "PersistentVolumeClaim"), None)
+        if claim is not None:
+            # First, alone: a claim that is not ours must never be mounted (the download Job
+            # would write into someone else's volume).
+            children.remove(claim)
+            results += await asyncio.gather(self._ensure_child(vd, claim), return_exceptions=True)
+            if isinstance(results[0], ChildConflict):
+                children = [c for c in children if c["kind"] not in MOUNTING_KINDS]
+        results += await asyncio.gather(
+            *(self._ensure_child(vd, child) for child in children),
             *(self._remove_child(vd, kind, name) for kind, name in want.removals),
             return_exceptions=True,
         )

@@ -54,12 +54,16 @@ def with_status(replicas: int = 1, *, generation: int = 1, **kwargs) -> dict:
     return obj
 
 
-def deployed(replicas: int, reasons: list[str]) -> dict:
+def deployed(replicas: int, reasons: list[str], *, updated: int | None = None) -> dict:
+    """`updated`: replicas on the current template (all of them unless a rollout is under way)."""
     from scibox_operator.probe import summarize_readiness
     from scibox_operator.status import CacheState
 
     results = [probe(r, f"http://127.100.0.{i}:8000") for i, r in enumerate(reasons)]
-    deployment = {"status": {"replicas": replicas, "readyReplicas": replicas}}
+    updated = replicas if updated is None else updated
+    deployment = {"metadata": {"generation": 2},
+                  "status": {"observedGeneration": 2, "replicas": replicas + (replicas - updated),
+                             "readyReplicas": replicas, "updatedReplicas": updated}}
     return with_status(replicas, plan=plan(), cache=CacheState(True, reason="Downloaded", message="done"),
                        deployment=deployment, readiness=summarize_readiness(results, replicas), probing=True)
 
@@ -93,6 +97,7 @@ CASES = {
     "wrong-api-key": (lambda: deployed(1, ["Unauthorized"]), "Degraded", "Deploying"),
     "model-missing": (lambda: deployed(1, ["ModelMissing"]), "Degraded", "Deploying"),
     "serving": (lambda: deployed(2, ["Serving", "Serving"]), "Healthy", "Ready"),
+    "rolling-out": (lambda: deployed(2, ["Serving", "Serving"], updated=1), "Progressing", "Ready"),
     "scaling-up": (lambda: deployed(2, ["Serving", "Loading"]), "Progressing", "Degraded"),
     "one-replica-crashed": (lambda: deployed(3, ["Serving", "EngineDown", "Loading"]), "Degraded", "Degraded"),
     "scaled-to-zero": (lambda: deployed(0, []), "Healthy", "Stopped"),
@@ -161,7 +166,7 @@ def test_testdata_is_what_the_operator_writes():
             [(c["type"], c["status"], c["reason"], c["message"]) for c in expected["status"]["conditions"]], path
 
 
-TESTDATA = {"serving": "healthy.yaml", "scaling-up": "progressing.yaml", "download-failed": "degraded.yaml",
+TESTDATA = {"serving": "healthy.yaml", "rolling-out": "rolling-out.yaml", "scaling-up": "progressing.yaml", "download-failed": "degraded.yaml",
             "engine-down": "degraded-engine-down.yaml", "downloading": "progressing-download.yaml"}
 
 

@@ -3,6 +3,8 @@ local mirror the operator fixture points at), before any GPU Deployment exists (
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from .kubehelp import apply, condition, get, wait_for
@@ -75,3 +77,35 @@ def test_a_bare_legacy_hub_id_is_planned_downloaded_and_served_from_its_folder(c
     args = " ".join(dep["spec"]["template"]["spec"]["containers"][0].get("args", []))
     server_env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert f"/models/{BARE_REPO}/main" in args + " " + " ".join(str(v) for v in server_env.values())
+
+
+@pytest.mark.slow
+def test_after_a_restart_with_the_hub_down_the_last_plan_keeps_the_model_serving(cluster, operator, hub_mirror,
+                                                                                namespace, tmp_path):
+    from pathlib import Path
+
+    from tests.fixtures.operator import OperatorProcess, free_port
+
+    commit = hub_mirror.repos["scibox/tiny-llama"].sha
+    apply(cluster, namespace, auto("kept", "scibox/tiny-llama", revision=commit))
+    dep = wait_for(lambda: get(cluster, "deployment", "kept", namespace), timeout=90, what="the Deployment")
+    vd = get(cluster, "vllmd", "kept", namespace)
+    claim = get(cluster, "pvc", vd["status"]["cacheClaim"], namespace)
+    operator.stop()
+    # The hub is unreachable for the restarted operator: nothing listens on this port.
+    outage = OperatorProcess(Path(cluster.kubeconfig), tmp_path / "op", hub_endpoint=f"http://127.0.0.1:{free_port()}")
+    try:
+        outage.start()
+        vd = wait_for(lambda: (lambda o: o if (condition(o, "ParallelismPlanned") or {}).get("reason") == "LastKnownPlan"
+                               else None)(get(cluster, "vllmd", "kept", namespace)), timeout=60,
+                      what="ParallelismPlanned=True LastKnownPlan")
+        cond = condition(vd, "ParallelismPlanned")
+        assert cond["status"] == "True" and "cannot be read" in cond["message"], cond
+        assert vd["status"]["phase"] != "Failed", vd["status"]
+        time.sleep(3)
+        assert get(cluster, "deployment", "kept", namespace)["metadata"]["generation"] == dep["metadata"]["generation"]
+        now = get(cluster, "pvc", claim["metadata"]["name"], namespace)
+        assert now["spec"]["resources"]["requests"] == claim["spec"]["resources"]["requests"], "the claim was resized"
+    finally:
+        outage.stop()
+        operator.start()

@@ -18,6 +18,8 @@ def plan_inputs(vd: VLLMDeployment) -> str:
         "model": spec.model.model_dump(mode="json"),
         "resources": spec.resources.model_dump(mode="json"),
         "parallelism": spec.parallelism.model_dump(mode="json"),
+        # which GPU nodes match decides the GPU type and the nodes per replica
+        "nodeSelector": dict(sorted(spec.node_selector.items())),
         "gpuMemoryUtilization": spec.engine.gpu_memory_utilization,
         "cacheSize": spec.cache.size,
     }
