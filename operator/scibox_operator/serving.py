@@ -10,12 +10,14 @@ import math
 import os
 from dataclasses import dataclass
 
+from . import release
 from .engine_args import model_cache_path
 from .spec import VLLMDeployment, dns_name, short_hash
 
 MODELS_MOUNT = "/models"
-# Built from images/vllm/Dockerfile: vLLM's official image plus the download and health scripts.
-DEFAULT_VLLM_IMAGE = os.environ.get("SCIBOX_VLLM_IMAGE", "ghcr.io/scibox/vllm:0.32.0")
+# Built from images/vllm/Dockerfile (vLLM's official image plus the download and health scripts)
+# and pushed by .github/workflows/release.yml under the name release.py gives it.
+DEFAULT_VLLM_IMAGE = os.environ.get("SCIBOX_VLLM_IMAGE", release.VLLM_IMAGE)
 DEFAULT_CACHE_SIZE = "100Gi"
 GIB = 1024**3
 
