@@ -98,3 +98,15 @@ def test_the_page_names_the_configs_nodes_files_and_the_releases_images():
     assert images == {*release.produced_images(), *release.VLLM_CPU_IMAGES}
     vd = _sample()
     assert vd.spec.image in release.VLLM_CPU_IMAGES and vd.spec.cache.download_image == release.VLLM_IMAGE
+
+
+@pytest.mark.cluster
+def test_the_api_server_accepts_the_cpu_sample_under_the_crd(cluster, crd, namespace):
+    done = cluster.kubectl("create", "--dry-run=server", "-n", namespace, "-o", "name", "-f", str(SAMPLE),
+                           check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "vllmdeployment.scibox.io/qwen-cpu"
+    # The same check refuses what the CRD forbids (a negative GPU count).
+    broken = SAMPLE.read_text().replace("gpus: 1", "gpus: -1")
+    refused = cluster.kubectl("create", "--dry-run=server", "-n", namespace, "-f", "-", input=broken, check=False)
+    assert refused.returncode != 0 and "gpus" in refused.stderr
