@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from ..engine_args import EngineSettings, render_vllm_args
-from ..serving import MODELS_MOUNT, ServingPlan, model_dir
+from ..serving import GIB, MODELS_MOUNT, ServingPlan, model_dir
 from ..spec import VLLMDeployment
 from .common import SERVER, container_security_context, metadata, pod_security_context, selector_labels
 
@@ -19,7 +19,6 @@ GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 # HOME, and NCCL/torch need a large shared-memory /dev/shm for tensor parallel workers.
 WRITABLE_HOME = "/tmp"
 
-GIB = 1024**3
 # Host memory of a server pod besides the weights: the API server, tokenizer and engine core,
 # plus one worker process per GPU (torch, its CUDA context, pinned staging buffers).
 RUNTIME_BYTES = 2 * GIB
