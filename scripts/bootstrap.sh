@@ -2,7 +2,8 @@
 # Idempotent set-up of everything the demo and the tests need on a fresh machine:
 #   - a virtualenv (outside the repo, cached) with the operator, its test tools and a vLLM CPU build
 #   - Debian's prometheus
-#   - the local cluster's binaries compiled from the Go module proxy (tests/cluster/build.py)
+#   - the local cluster's binaries and the test tools (actionlint, tools/kindcheck) compiled from
+#     the Go module proxy (tests/cluster/build.py)
 # A second run only checks stamps and does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +56,7 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v lua5.1 >/dev/null 2>&
   (systemctl stop prometheus || service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
 fi
 
-# --- Local cluster binaries (cached by version) ----------------------------------
+# --- Local cluster binaries and Go test tools (cached by version / source hash) ----
 "$VENV/bin/python" -m tests.cluster.build >&2
 
 log "ready: $VENV/bin/python"

@@ -10,12 +10,14 @@ import math
 import os
 from dataclasses import dataclass
 
+from . import release
 from .engine_args import model_cache_path
 from .spec import VLLMDeployment, dns_name, short_hash
 
 MODELS_MOUNT = "/models"
-# Built from images/vllm/Dockerfile: vLLM's official image plus the download and health scripts.
-DEFAULT_VLLM_IMAGE = os.environ.get("SCIBOX_VLLM_IMAGE", "ghcr.io/scibox/vllm:0.32.0")
+# Built from images/vllm/Dockerfile (vLLM's official image plus the download and health scripts)
+# and pushed by .github/workflows/release.yml under the name release.py gives it.
+DEFAULT_VLLM_IMAGE = os.environ.get("SCIBOX_VLLM_IMAGE", release.VLLM_IMAGE)
 DEFAULT_CACHE_SIZE = "100Gi"
 GIB = 1024**3
 
@@ -31,6 +33,10 @@ class ServingPlan:
     cache_size: str
     image: str
     nodes: int = 1  # pods per replica: more than one means a LeaderWorkerSet group
+    # Bytes of the checkpoint each server pod loads (pipeline stages split it across the pods);
+    # None when the model's config was not read (pvc:// models, hub unreachable). The server's
+    # memory request is sized from it (render/deployment.py).
+    weight_bytes_per_pod: int | None = None
 
     @property
     def multi_node(self) -> bool:
@@ -187,7 +193,8 @@ def decide_serving_plan(vd: VLLMDeployment, *, config: dict | None, safetensors_
         nodes = _nodes_for(tp, pp, gpus_per_node)
         if nodes > 1:
             reason += f", {nodes} nodes of {tp * pp // nodes} GPUs"
-        return ServingPlan(tp, pp, tp * pp, reason, claim, cache_shared, cache_size, image, nodes)
+        return ServingPlan(tp, pp, tp * pp, reason, claim, cache_shared, cache_size, image, nodes,
+                           weight_bytes_per_pod=_per_pod(weight_bytes, nodes))
     if facts is None:
         raise PlanFailure("ModelConfigUnavailable",
                           "parallelism is auto but the model's config.json could not be read; "
@@ -210,8 +217,16 @@ def decide_serving_plan(vd: VLLMDeployment, *, config: dict | None, safetensors_
         raise PlanFailure("GpuCountMismatch",
                           f"resources.gpus={gpus_in} but the plan needs {plan.gpus} "
                           f"(tensor {plan.tensor_parallel_size} x pipeline {plan.pipeline_parallel_size})")
+    pods = max(1, plan.nodes)
     return ServingPlan(plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.gpus, plan.reason,
-                       claim, cache_shared, cache_size, image, max(1, plan.nodes))
+                       claim, cache_shared, cache_size, image, pods, weight_bytes_per_pod=_per_pod(weight_bytes, pods))
+
+
+def _per_pod(weight_bytes: int | None, pods: int) -> int | None:
+    """Pipeline stages hold disjoint layers, so each pod of a group loads its share (rounded up)."""
+    if weight_bytes is None:
+        return None
+    return -(-weight_bytes // pods)
 
 
 def _nodes_for(tp: int, pp: int, gpus_per_node: int) -> int:

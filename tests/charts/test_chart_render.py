@@ -115,7 +115,7 @@ def test_pod_runs_the_operator_cli_with_kopf_health_and_metrics_ports():
     assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert container["image"] == "scibox/vllm-operator:0.1.0", "the tag defaults to appVersion"
+    assert container["image"] == "ghcr.io/scibox/vllm-operator:0.1.0", "the tag defaults to appVersion"
 
 
 def test_two_replicas_turn_on_leader_election_with_a_lease_role_limited_to_its_lease():
@@ -161,7 +161,7 @@ def test_operator_settings_reach_the_environment():
 def test_image_digest_wins_over_tag():
     digest = "sha256:" + "ab" * 32
     dep = find(template({"image": {"tag": "9.9", "digest": digest}}), "Deployment")
-    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == f"scibox/vllm-operator@{digest}"
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == f"ghcr.io/scibox/vllm-operator@{digest}"
 
 
 # --- RBAC ---------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Compile the local cluster's binaries from the Go module proxy, cached by version.
+"""Compile the local cluster's binaries (and the test tools) from the Go module proxy, cached.
 
-Each tool is built in a small wrapper Go module of its own under the cache directory, so the
-repository never holds Go code and `go build` can reuse the module and build caches across runs.
-A binary that already exists for its pinned version is never rebuilt.
+Each upstream tool is built in a small wrapper Go module of its own under the cache directory,
+so `go build` can reuse the module and build caches across runs. The repository's own small Go
+programs (`tools/*/`, e.g. the kind config checker) are built from their directory, keyed by a
+hash of their sources. A binary that already exists for its key is never rebuilt.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from hashlib import sha256
 from pathlib import Path
 
 from . import versions
@@ -79,8 +81,55 @@ HELM = GoTool("helm", ("helm",), "helm.sh/helm/v3", versions.HELM, ("helm.sh/hel
 # The LeaderWorkerSet controller-manager; its own go.mod (k8s.io v0.33, controller-runtime
 # v0.21) resolves as is. Its main package is the module's cmd/ directory.
 LWS = GoTool("lws", ("lws-controller-manager",), "sigs.k8s.io/lws", versions.LWS, ("sigs.k8s.io/lws/cmd",))
+# The GitHub Actions workflow linter (tests/release). Built as a dependency, actionlint cannot
+# read its own version from the build info, hence the stamp.
+ACTIONLINT = GoTool("actionlint", ("actionlint",), "github.com/rhysd/actionlint", versions.ACTIONLINT,
+                    ("github.com/rhysd/actionlint/cmd/actionlint",),
+                    stamps=(f"github.com/rhysd/actionlint.version={versions.ACTIONLINT}",))
 
-ALL_TOOLS = (ETCD, KWOK, HELM, KUBERNETES, LWS)
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class RepoGoTool:
+    """A Go program kept in this repository (its own go.mod and go.sum), built in place.
+
+    Its cache key is a hash of its sources, so editing main.go or bumping a requirement
+    rebuilds it, and nothing else does. `-mod=readonly`: a build never rewrites go.sum."""
+
+    name: str
+    binaries: tuple[str, ...]
+    source: str  # directory relative to the repository root
+    packages: tuple[str, ...] = (".",)
+
+    @property
+    def source_dir(self) -> Path:
+        return REPO / self.source
+
+    @property
+    def version(self) -> str:
+        digest = sha256()
+        for path in sorted(self.source_dir.rglob("*")):
+            if path.is_file() and (path.suffix == ".go" or path.name in ("go.mod", "go.sum")):
+                digest.update(str(path.relative_to(self.source_dir)).encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()[:12]
+
+    @property
+    def bin_dir(self) -> Path:
+        return cache_dir() / "bin" / f"{self.name}-{self.version}"
+
+    @property
+    def ldflags(self) -> str:
+        return "-s -w"
+
+    def built(self) -> bool:
+        return all((self.bin_dir / b).is_file() for b in self.binaries)
+
+
+# Loads a kind cluster config with kind's own v1alpha4 API (docs/kind/cluster.yaml's test).
+KINDCHECK = RepoGoTool("kindcheck", ("kindcheck",), "tools/kindcheck")
+
+ALL_TOOLS = (ETCD, KWOK, HELM, KUBERNETES, LWS, ACTIONLINT, KINDCHECK)
 
 
 def log(msg: str) -> None:
@@ -129,7 +178,7 @@ def _write_wrapper(tool: GoTool, workdir: Path) -> None:
     (workdir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n")
 
 
-def build_tool(tool: GoTool) -> Path:
+def build_tool(tool: GoTool | RepoGoTool) -> Path:
     if tool.built():
         log(f"{tool.name} {tool.version}: cached in {tool.bin_dir}")
         return tool.bin_dir
@@ -144,19 +193,24 @@ def build_tool(tool: GoTool) -> Path:
         return _build_locked(tool)
 
 
-def _build_locked(tool: GoTool) -> Path:
-    workdir = cache_dir() / "src" / f"{tool.name}-{tool.version}"
+def _build_locked(tool: GoTool | RepoGoTool) -> Path:
     started = time.monotonic()
-    log(f"{tool.name} {tool.version}: resolving modules in {workdir}")
-    _write_wrapper(tool, workdir)
-    _go(["mod", "tidy", "-e"], workdir)
+    if isinstance(tool, RepoGoTool):
+        workdir, mod_flags = tool.source_dir, ["-mod=readonly"]
+        log(f"{tool.name} {tool.version}: building {tool.source} (its go.sum pins every module)")
+    else:
+        workdir, mod_flags = cache_dir() / "src" / f"{tool.name}-{tool.version}", []
+        log(f"{tool.name} {tool.version}: resolving modules in {workdir}")
+        _write_wrapper(tool, workdir)
+        _go(["mod", "tidy", "-e"], workdir)
     tmp_out = tool.bin_dir.with_name(tool.bin_dir.name + ".partial")
     shutil.rmtree(tmp_out, ignore_errors=True)
     tmp_out.mkdir(parents=True)
     for binary, package in zip(tool.binaries, tool.packages):
         log(f"{tool.name}: compiling {binary} (minutes on 2 cores for Kubernetes)")
         t0 = time.monotonic()
-        _go(["build", "-trimpath", f"-ldflags={tool.ldflags}", "-o", str(tmp_out / binary), package], workdir)
+        _go(["build", *mod_flags, "-trimpath", f"-ldflags={tool.ldflags}", "-o", str(tmp_out / binary), package],
+            workdir)
         log(f"{tool.name}: {binary} done in {time.monotonic() - t0:.0f}s")
     shutil.rmtree(tool.bin_dir, ignore_errors=True)
     tmp_out.rename(tool.bin_dir)

@@ -160,3 +160,17 @@ def test_down_refuses_to_remove_a_directory_that_is_not_a_cluster(tmp_path: Path
     with pytest.raises(local.ClusterError, match="refusing"):
         local.Cluster(name="unit", state_dir=precious).down()
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_a_repository_go_tool_is_keyed_by_its_sources_only(tmp_path):
+    from tests.cluster import build
+
+    (tmp_path / "go.mod").write_text("module example.local/x\n\ngo 1.25.0\n")
+    (tmp_path / "main.go").write_text("package main\n\nfunc main() {}\n")
+    tool = build.RepoGoTool("x", ("x",), str(tmp_path))  # an absolute source stays as is
+    first = tool.version
+    (tmp_path / "README.md").write_text("not a source\n")
+    assert tool.version == first
+    (tmp_path / "main.go").write_text("package main\n\nfunc main() { println() }\n")
+    assert tool.version != first and tool.bin_dir.name == f"x-{tool.version}"
+    assert build.KINDCHECK in build.ALL_TOOLS and build.ACTIONLINT in build.ALL_TOOLS, "bootstrap builds both"

@@ -12,3 +12,5 @@ HELM = "v3.19.5"
 PROMETHEUS_OPERATOR = "v0.85.0"
 # LeaderWorkerSet (multi-node serving groups): the controller-manager and its CRD.
 LWS = "v0.7.0"
+# The GitHub Actions workflow linter the release tests run on .github/workflows/.
+ACTIONLINT = "v1.7.12"

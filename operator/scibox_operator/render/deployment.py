@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from ..engine_args import EngineSettings, render_vllm_args
-from ..serving import MODELS_MOUNT, ServingPlan, model_dir
+from ..serving import GIB, MODELS_MOUNT, ServingPlan, model_dir
 from ..spec import VLLMDeployment
 from .common import SERVER, container_security_context, metadata, pod_security_context, selector_labels
 
@@ -18,6 +18,19 @@ GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 # Writable places under a read-only root filesystem: vLLM, torch and triton write caches below
 # HOME, and NCCL/torch need a large shared-memory /dev/shm for tensor parallel workers.
 WRITABLE_HOME = "/tmp"
+
+# Host memory of a server pod besides the weights: the API server, tokenizer and engine core,
+# plus one worker process per GPU (torch, its CUDA context, pinned staging buffers).
+RUNTIME_BYTES = 2 * GIB
+RUNTIME_BYTES_PER_GPU = 2 * GIB
+# /dev/shm holds vLLM's shared-memory queues between the engine and its workers, NCCL's
+# intra-node buffers and torch's shared tensors; Docker's 64 MiB default breaks tensor
+# parallelism. It is memory-backed, so it counts against the pod's memory (and its request).
+SHM_BYTES_PER_GPU = 1 * GIB
+# When the checkpoint size is unknown (pvc:// models, the hub unreachable): a 4B-parameter bf16
+# model. Requests only reserve: a larger model still runs, it is just less protected from
+# eviction; set resources.memory for it.
+UNKNOWN_WEIGHT_BYTES_PER_POD = 8 * GIB
 
 
 def engine_settings(vd: VLLMDeployment, plan: ServingPlan) -> EngineSettings:
@@ -80,18 +93,40 @@ def _node_affinity(vd: VLLMDeployment) -> dict[str, Any] | None:
     return user
 
 
+def _gib(n_bytes: int) -> str:
+    return f"{-(-n_bytes // GIB)}Gi"
+
+
+def shm_bytes(plan: ServingPlan) -> int:
+    return SHM_BYTES_PER_GPU * max(1, plan.gpus_per_pod)
+
+
+def planned_memory_bytes(plan: ServingPlan) -> int:
+    """Weights the pod loads (they pass through the page cache, charged to the pod), the
+    processes around them, and /dev/shm."""
+    weights = plan.weight_bytes_per_pod if plan.weight_bytes_per_pod is not None else UNKNOWN_WEIGHT_BYTES_PER_POD
+    gpus = max(1, plan.gpus_per_pod)
+    return weights + RUNTIME_BYTES + RUNTIME_BYTES_PER_GPU * gpus + shm_bytes(plan)
+
+
+def planned_cpu(plan: ServingPlan) -> str:
+    """One core per GPU worker process: vLLM's workers busy-wait on their GPU, and a starved
+    worker stalls the whole tensor-parallel group. No CPU limit: throttling shows up as latency."""
+    return str(max(1, plan.gpus_per_pod))
+
+
 def _resources(vd: VLLMDeployment, plan: ServingPlan) -> dict[str, Any]:
+    """GPUs from the plan; CPU and memory requested from the plan so the pod is never BestEffort
+    (the first to be evicted under memory pressure). The spec's resources.cpu / resources.memory
+    replace the planned value and also become the limit (both set: Guaranteed)."""
     limits: dict[str, Any] = {GPU_RESOURCE: str(plan.gpus_per_pod)}
-    requests: dict[str, Any] = {}
+    requests: dict[str, Any] = {"cpu": planned_cpu(plan), "memory": _gib(planned_memory_bytes(plan))}
     res = vd.spec.resources
     for key, value in (("cpu", res.cpu), ("memory", res.memory)):
         if value is not None:
             limits[key] = str(value)
             requests[key] = str(value)
-    out: dict[str, Any] = {"limits": limits}
-    if requests:
-        out["requests"] = requests
-    return out
+    return {"limits": limits, "requests": requests}
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
@@ -135,7 +170,7 @@ def render_deployment(vd: VLLMDeployment, plan: ServingPlan) -> dict[str, Any]:
         "volumes": [
             {"name": "model-cache",
              "persistentVolumeClaim": {"claimName": plan.cache_claim, "readOnly": True}},
-            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _gib(shm_bytes(plan))}},
             {"name": "tmp", "emptyDir": {}},
         ],
         "tolerations": [
