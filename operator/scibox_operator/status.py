@@ -98,9 +98,15 @@ def rollout_condition(desired: int, workload: dict[str, Any] | None, current: bo
         return "False", "RollingOut", "the workload is being created"
     status = workload.get("status") or {}
     generation = int((workload.get("metadata") or {}).get("generation") or 0)
+    conditions = status.get("conditions") or []
+    # A Deployment reports observedGeneration; a LeaderWorkerSet only on its conditions.
     seen = status.get("observedGeneration")
+    if seen is None:
+        seen = max((int(c.get("observedGeneration") or 0) for c in conditions), default=None)
     if seen is not None and int(seen) < generation:
         return "False", "RollingOut", "the workload controller has not yet seen the current template"
+    if any(c.get("type") == "UpdateInProgress" and c.get("status") == "True" for c in conditions):
+        return "False", "RollingOut", "the LeaderWorkerSet is replacing its groups"
     replicas = int(status.get("replicas") or 0)
     updated = int(status.get("updatedReplicas") or 0)
     ready = int(status.get("readyReplicas") or 0)
@@ -118,7 +124,9 @@ def plan_status(plan: ServingPlan, inputs: str) -> dict[str, Any]:
     return {"tensorParallelSize": plan.tensor_parallel_size, "pipelineParallelSize": plan.pipeline_parallel_size,
             "gpusPerReplica": plan.gpus_per_replica, "parallelismReason": plan.parallelism_reason,
             "cacheClaim": plan.cache_claim,
-            "plan": {"inputs": inputs, "nodesPerReplica": plan.nodes, "cacheSize": plan.cache_size}}
+            "plan": {"inputs": inputs, "nodesPerReplica": plan.nodes, "cacheSize": plan.cache_size,
+                     **({"weightBytesPerPod": plan.weight_bytes_per_pod}
+                        if plan.weight_bytes_per_pod is not None else {})}}
 
 
 def compute_status(vd: VLLMDeployment, *, current: dict[str, Any] | None, now: datetime,

@@ -67,3 +67,32 @@ def test_failure_and_restart_carry_over():
     after_restart = compute_status(VD, current=serving, now=T0, plan=PLAN, cache=CacheState(True, reason="D", message="m"),
                                    deployment={"status": {"replicas": 2, "readyReplicas": 2}}, readiness=None, probing=True)
     assert after_restart["phase"] == "Ready" and after_restart["readyReplicas"] == 2
+
+
+def _workload(generation=2, seen=2, replicas=2, updated=2, ready=2, conditions=None):
+    status = {"replicas": replicas, "updatedReplicas": updated, "readyReplicas": ready}
+    if seen is not None:
+        status["observedGeneration"] = seen
+    if conditions is not None:
+        status["conditions"] = conditions
+    return {"metadata": {"generation": generation}, "status": status}
+
+
+def test_up_to_date_only_when_every_replica_runs_the_current_template_and_is_ready():
+    from scibox_operator.status import rollout_condition
+
+    assert rollout_condition(2, _workload(), True)[0] == "True"
+    assert rollout_condition(2, _workload(), False)[1] == "WaitingForModelCache"
+    assert rollout_condition(2, None, True)[1] == "RollingOut"
+    assert rollout_condition(2, _workload(seen=1), True)[0] == "False", "the controller has not seen it yet"
+    assert rollout_condition(2, _workload(updated=1, replicas=3), True)[0] == "False"
+    assert rollout_condition(2, _workload(replicas=3), True)[0] == "False", "an old pod still runs"
+    assert rollout_condition(2, _workload(ready=1), True)[0] == "False"
+    assert rollout_condition(0, _workload(replicas=0, updated=0, ready=0), True)[0] == "True"
+    # A LeaderWorkerSet tells its generation on its conditions only.
+    lws = _workload(seen=None, conditions=[{"type": "Available", "status": "True", "observedGeneration": 1}])
+    assert rollout_condition(2, lws, True)[0] == "False"
+    rolling = _workload(seen=None, conditions=[{"type": "UpdateInProgress", "status": "True", "observedGeneration": 2}])
+    assert rollout_condition(2, rolling, True)[0] == "False"
+    done = _workload(seen=None, conditions=[{"type": "Available", "status": "True", "observedGeneration": 2}])
+    assert rollout_condition(2, done, True)[0] == "True"

@@ -36,7 +36,8 @@ def last_known_plan(vd: VLLMDeployment, status: Mapping[str, Any], *, cache_shar
         tp, pp = int(status["tensorParallelSize"]), int(status["pipelineParallelSize"])
         gpus, nodes = int(status["gpusPerReplica"]), int(kept["nodesPerReplica"])
         cache_size = str(kept["cacheSize"])
+        weights = int(kept["weightBytesPerPod"]) if kept.get("weightBytesPerPod") is not None else None
     except (KeyError, TypeError, ValueError):
         return None
     return ServingPlan(tp, pp, gpus, str(status.get("parallelismReason") or ""), cache_claim_name(vd, cache_shared),
-                       cache_shared, cache_size, vd.spec.image or image, max(1, nodes))
+                       cache_shared, cache_size, vd.spec.image or image, max(1, nodes), weight_bytes_per_pod=weights)

@@ -168,7 +168,9 @@ def test_ownership_is_the_controller_reference_or_the_cache_labels():
 
 def test_the_last_plan_is_reused_only_for_the_inputs_it_was_made_for():
     vd = vd_of(parallelism={"tensorParallelSize": "auto"}, resources={"gpuProduct": "NVIDIA-H100-80GB-HBM3"})
-    plan = plan_of(vd, size="3Gi", nodes=1)
+    from dataclasses import replace
+
+    plan = replace(plan_of(vd, size="3Gi", nodes=1), weight_bytes_per_pod=736_000)
     status = plan_status(plan, plan_inputs(vd))
     kept = last_known_plan(vd, status, cache_shared=False, image="img:1")
     assert kept == plan
