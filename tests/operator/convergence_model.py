@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from scibox_operator import FIELD_MANAGER
+from scibox_operator.diff import RENDER_HASH_ANNOTATION
 from scibox_operator.kube import KINDS
 from scibox_operator.reconcile.desired import Observed, child_keys, desired
 from scibox_operator.serving import GpuNode, decide_serving_plan, gpu_node_from_body
@@ -62,18 +63,27 @@ def canonical(value: Any) -> Any:
     return value
 
 
+def _content_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """Metadata as content: the render hash is how changes are detected, not what is compared."""
+    out = {k: v for k, v in meta.items() if k not in ("name", "namespace")}
+    annotations = {k: v for k, v in (out.get("annotations") or {}).items() if k != RENDER_HASH_ANNOTATION}
+    if annotations:
+        out["annotations"] = annotations
+    else:
+        out.pop("annotations", None)
+    return out
+
+
 def comparable_desired(child: dict[str, Any]) -> Any:
-    meta = {k: v for k, v in child["metadata"].items() if k not in ("name", "namespace")}
     return canonical({**{k: v for k, v in child.items() if k not in ("apiVersion", "kind", "metadata")},
-                      "metadata": meta})
+                      "metadata": _content_metadata(child["metadata"])})
 
 
 def comparable_live(live: dict[str, Any]) -> Any:
     projected = project(live, owned_fields(live))
     projected.pop("apiVersion", None)
     projected.pop("kind", None)
-    meta = {k: v for k, v in (projected.get("metadata") or {}).items() if k not in ("name", "namespace")}
-    projected["metadata"] = meta
+    projected["metadata"] = _content_metadata(projected.get("metadata") or {})
     return canonical(projected)
 
 
