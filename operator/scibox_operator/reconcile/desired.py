@@ -152,10 +152,10 @@ def _cache_claim(vd: VLLMDeployment, plan: ServingPlan, users: list[VLLMDeployme
         return claim, None
     spec, live_spec = claim["spec"], live.get("spec") or {}
     for immutable in ("storageClassName", "accessModes", "volumeMode"):
-        if immutable in live_spec:
+        # Only where this render sets the field: one it leaves to the server's default stays
+        # the server's (taking it over would cost a write after every claim creation).
+        if immutable in spec and immutable in live_spec:
             spec[immutable] = live_spec[immutable]
-        else:
-            spec.pop(immutable, None)
     have = str(((live_spec.get("resources") or {}).get("requests") or {}).get("storage", "0"))
     want = spec["resources"]["requests"]["storage"]
     if parse_quantity(have) >= parse_quantity(want):

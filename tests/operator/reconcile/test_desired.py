@@ -144,7 +144,10 @@ def test_a_claim_never_shrinks_and_grows_only_where_the_storage_class_allows():
     assert [n.reason for n in fixed.notes] == ["StorageClassCannotExpand"]
     grows = desired(bigger, plan_of(bigger, size="3Gi"), observed([live], expandable_storage={"local-path": True}))
     assert child(grows, "PersistentVolumeClaim")["spec"]["resources"]["requests"]["storage"] == "3Gi"
-    assert child(grows, "PersistentVolumeClaim")["spec"]["storageClassName"] == "local-path", "immutable: kept"
+    assert "storageClassName" not in child(grows, "PersistentVolumeClaim")["spec"], "the server's default stays its own"
+    other_class = vd_of(cache={"size": "3Gi", "storageClassName": "fast"})
+    kept = desired(other_class, plan_of(other_class, size="3Gi"), observed([live], expandable_storage={"local-path": True}))
+    assert child(kept, "PersistentVolumeClaim")["spec"]["storageClassName"] == "local-path", "immutable: kept"
 
 
 @pytest.mark.parametrize("text,value", [("1Gi", 2**30), ("100G", 10**11), ("500Mi", 500 * 2**20), ("1.5Ti", 1.5 * 2**40),
