@@ -16,6 +16,7 @@ from . import GROUP, PLURAL, VERSION, metrics
 from .controller import WATCHED_CRDS, Controller, Settings, _trim, crd_established, storage_class_summary
 from .kube import KubeClient
 from .leader import LeaderElector
+from .ownership import owner_summary
 from .prober import Prober
 from .render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, SERVER
 from .status import download_report
@@ -34,6 +35,14 @@ CHILD_RESOURCES = {
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
 }
 OURS = {MANAGED_BY_LABEL: MANAGED_BY}
+# The links between a server pod and its workload (ownership.py): kept as owner summaries only,
+# never reconciled. A Deployment's ReplicaSets carry its pod template's labels, ours; the leader
+# StatefulSet of a LeaderWorkerSet carries only LWS's own name label.
+LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
+OWNER_CHAIN_RESOURCES = {
+    "ReplicaSet": (("apps", "v1", "replicasets"), OURS),
+    "StatefulSet": (("apps", "v1", "statefulsets"), {LWS_NAME_LABEL: kopf.PRESENT}),
+}
 
 
 def _credentials(settings: kopf.OperatorSettings) -> Any:
@@ -134,13 +143,33 @@ for _kind, (_group, _version, _plural) in CHILD_RESOURCES.items():
     kopf.on.event(_group, _version, _plural, labels=OURS, id=f"{_kind.lower()}-event")(_child_handler(_kind))
 
 
-def pod_summary(body: kopf.Body) -> dict[str, Any]:
-    """Only what the prober and the metrics need: address, readiness, container states."""
+def _owner_chain_handler(kind: str):
+    async def handler(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        store = memo.controller.store
+        if event["type"] == "DELETED":
+            store.drop_child(kind, body.metadata.namespace, body.metadata.name)
+        else:
+            store.put_child(kind, owner_summary(body))
+    handler.__name__ = f"{kind.lower()}_owner_event"
+    return handler
+
+
+for _kind, ((_group, _version, _plural), _labels) in OWNER_CHAIN_RESOURCES.items():
+    kopf.on.event(_group, _version, _plural, labels=_labels, id=f"{_kind.lower()}-owner-event")(
+        _owner_chain_handler(_kind))
+
+
+def pod_summary(body: Any) -> dict[str, Any]:
+    """Only what the prober and the metrics need: address, readiness, container states, and
+    what says whether the operator's own workload made the pod (ownership.pod_is_ours)."""
+    meta = body.get("metadata") or {}
     status = body.get("status") or {}
     return {
-        "metadata": {"name": body.metadata.name, "namespace": body.metadata.namespace,
-                     "uid": body.metadata.uid, "labels": dict(body.metadata.labels)},
-        "status": {"phase": status.get("phase"), "podIP": status.get("podIP"),
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                     "labels": dict(meta.get("labels") or {}),
+                     "ownerReferences": [dict(r) for r in meta.get("ownerReferences") or []]},
+        "spec": {"hostNetwork": bool((body.get("spec") or {}).get("hostNetwork"))},
+        "status": {"phase": status.get("phase"), "podIP": status.get("podIP"), "hostIP": status.get("hostIP"),
                    "conditions": list(status.get("conditions") or []),
                    "containerStatuses": list(status.get("containerStatuses") or [])},
     }
