@@ -126,3 +126,46 @@ def test_every_setting_the_chart_sets_is_read_by_the_operator():
                                                             "probe": {"allowedCIDRs": ["10.0.0.0/8"]}}}))
     unread = {name for name in env if name.startswith("SCIBOX_") or name == "POD_NAME"} - read
     assert not unread, f"the chart sets variables the operator never reads: {sorted(unread)}"
+
+
+def read_kinds(source: str) -> set[str]:
+    """Kinds controller.py GETs by name: `client.get("Kind", ...)`, and the LeaderWorkerSet that
+    `_read_fresh` reads on each pass of a multi-node object (its only caller)."""
+    from scibox_operator.kube import KINDS
+
+    read: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        first = node.args[0] if node.args else None
+        literal = first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else None
+        if node.func.attr == "get" and literal in KINDS:
+            read.add(literal)
+        elif node.func.attr == "_read_fresh":
+            read.add("LeaderWorkerSet")
+    return read
+
+
+def test_every_kind_the_controller_gets_by_name_may_be_read():
+    """issue 18: the chart lacked get on leaderworkersets, so multi-node status was never written
+    under the chart's ServiceAccount."""
+    from scibox_operator import main
+    from scibox_operator.kube import KINDS
+
+    read = read_kinds((ROOT / "operator" / "scibox_operator" / "controller.py").read_text())
+    assert {"Secret", "LeaderWorkerSet"} <= read, f"the scan is stale: found {read}"
+    rules = rules_by_resource(find(template(), "ClusterRole"))
+    for kind in sorted(read):
+        k = KINDS[kind]
+        group = k.api_version.rpartition("/")[0]
+        assert "get" in rules.get((group, k.plural), set()), f"the controller GETs {kind}"
+    assert main.CHILD_RESOURCES["LeaderWorkerSet"][2] == KINDS["LeaderWorkerSet"].plural
+
+
+def test_the_owner_chain_kinds_the_operator_watches_are_granted():
+    from scibox_operator import main
+
+    rules = rules_by_resource(find(template(), "ClusterRole"))
+    for kind, ((group, _version, plural), _labels) in main.OWNER_CHAIN_RESOURCES.items():
+        assert {"list", "watch"} <= rules.get((group, plural), set()), kind
+        assert not {"create", "patch", "delete"} & rules[(group, plural)], f"{kind} is only read"
