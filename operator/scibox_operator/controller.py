@@ -23,6 +23,7 @@ from . import metrics
 from .hub import HubClient, HubError
 from .kube import KINDS, ApiError, KubeClient
 from .diff import needs_apply
+from .policy import AdminPolicy, policy_violation
 from .probe import ReadinessSummary
 from .render.cache import download_job_name, render_cache_pvc, render_download_job
 from .render.common import MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL
@@ -256,6 +257,7 @@ class Controller:
         self.client = client
         self.settings = settings or Settings()
         self.hub = hub or HubClient(self.settings.hub_endpoint)
+        self.policy = AdminPolicy.from_settings(self.settings)  # once; PolicyError: refuse to start
         self.store = Store()
         self.queue = WorkQueue()
         self.failures: dict[Key, int] = {}
@@ -408,9 +410,11 @@ class Controller:
             await self._write_status(body, compute_status(
                 _unparsed(body), current=current_status, now=now, failure=Failure("InvalidSpec", exc.message)))
             return None
-        if vd.spec.model.trust_remote_code and self.settings.forbid_trust_remote_code:
-            await self._write_status(body, compute_status(vd, current=current_status, now=now, failure=Failure(
-                "TrustRemoteCodeForbidden", "this cluster's administrator forbids model.trustRemoteCode=true")))
+        # Before any Secret is read, hub request made or child rendered (issue 18).
+        violation = policy_violation(vd, self.policy)
+        if violation is not None:
+            await self._write_status(body, compute_status(vd, current=current_status, now=now,
+                                                          failure=Failure(*violation)))
             return None
 
         retry: float | None = None

@@ -17,6 +17,7 @@ from .controller import WATCHED_CRDS, Controller, Settings, _trim, crd_establish
 from .kube import KubeClient
 from .leader import LeaderElector
 from .ownership import owner_summary
+from .policy import PolicyError
 from .prober import Prober
 from .render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, SERVER
 from .status import download_report
@@ -78,7 +79,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     client = KubeClient(lambda: _credentials(settings), on_request=metrics.record_request)
-    controller = Controller(client, Settings())
+    try:
+        controller = Controller(client, Settings())
+    except PolicyError as exc:  # the administrator's settings: no retry can fix them
+        raise kopf.PermanentError(f"refusing to start: {exc}") from None
     memo.controller = controller
     metrics.register_state_collector(controller.store, controller.queue)
     await controller.prime(CHILD_RESOURCES)
