@@ -21,7 +21,7 @@ import aiohttp
 
 from . import metrics
 from .hub import HubClient, HubError
-from .kube import KINDS, ApiError, KubeClient
+from .kube import KINDS, ApiError, KubeClient, list_objects
 from .diff import needs_apply
 from .policy import AdminPolicy, policy_violation
 from .probe import ReadinessSummary
@@ -275,7 +275,7 @@ class Controller:
         selector = {"labelSelector": f"{MANAGED_BY_LABEL}={MANAGED_BY}"}
         for kind in child_kinds:
             try:
-                items = (await self.client.request("GET", KINDS[kind].path(), params=selector))["items"]
+                items = (await list_objects(self.client, kind, params=selector))["items"]  # served namespaces
             except ApiError as exc:
                 if exc.status == 404:  # e.g. no ServiceMonitor CRD
                     continue
@@ -302,7 +302,7 @@ class Controller:
         """One LIST puts the store right when the watch missed an event (seen across an API
         server restart): newer objects are taken and passed, vanished ones forgotten; what the
         store holds newer than the list (a watch event that overtook it) is kept."""
-        listing = await self.client.request("GET", KINDS["VLLMDeployment"].path())
+        listing = await list_objects(self.client, "VLLMDeployment")  # served namespaces
         listed_at = (listing.get("metadata") or {}).get("resourceVersion", "")
         seen: set[Key] = set()
         changed: list[Key] = []
