@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.operator import OperatorProcess
-from tests.operator.kubehelp import condition, get, wait_for
+from scibox_operator.ownership import owned_by
+from tests.operator.kubehelp import condition, get, owner_chain_lookup, wait_for
 
 from tests.faults.convergence import CHILD_KINDS, MANAGED, apply_all, vllmd, wait_converged
 
@@ -79,6 +80,13 @@ def test_the_api_key_value_appears_nowhere_but_in_its_secret(cluster, operator, 
     snap, _ = wait_converged(cluster, namespace, timeout=120)
 
     container = next(c for c in snap.children if c["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    # The pods that get the key chain up to the VLLMDeployment through the real ReplicaSet (issue 18).
+    lookup = owner_chain_lookup(cluster, namespace)
+    keyed_uid = get(cluster, "vllmd", "keyed", namespace)["metadata"]["uid"]
+    server_pods = wait_for(lambda: [p for p in get(cluster, "pods", None, namespace)["items"]
+                                    if p["metadata"]["labels"].get("app.kubernetes.io/component") == "server"],
+                           timeout=60, what="server pods")
+    assert server_pods and all(owned_by(p, keyed_uid, lookup) for p in server_pods)
     assert {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "model-key", "key": "api-key"}}} \
         in container["env"]
     encoded = base64.b64encode(key_value.encode()).decode()
