@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,15 @@ def _run(args: argparse.Namespace) -> int:
     import kopf
 
     from . import main  # noqa: F401  (registers the handlers)
+    from .kube import WATCH_NAMESPACES_ENV
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         # kopf logs every handled watch event at INFO: thousands of lines a minute at scale.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # The controller's own LISTs (priming, re-listing) must stay inside the same namespaces.
+    os.environ[WATCH_NAMESPACES_ENV] = ",".join(args.namespace or ())
     kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace or (),
              liveness_endpoint=args.liveness)
     return 0

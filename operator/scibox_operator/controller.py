@@ -22,7 +22,8 @@ import aiohttp
 from . import metrics
 from .diff import needs_apply, owned_by
 from .hub import HubClient, HubError
-from .kube import KINDS, ApiError, KubeClient
+from .kube import KINDS, ApiError, KubeClient, list_objects
+from .policy import AdminPolicy, policy_violation
 from .probe import ReadinessSummary
 from .status import download_report
 from .reconcile.desired import Desired, Observed, child_keys, desired
@@ -294,6 +295,7 @@ class Controller:
         self.client = client
         self.settings = settings or Settings()
         self.hub = hub or HubClient(self.settings.hub_endpoint)
+        self.policy = AdminPolicy.from_settings(self.settings)  # once; PolicyError: refuse to start
         self.store = Store()
         self.queue = WorkQueue()
         self.failures: dict[Key, int] = {}
@@ -332,7 +334,7 @@ class Controller:
         """One LIST puts the store right when the watch missed an event (seen across an API
         server restart): newer objects are taken and passed, vanished ones forgotten; what the
         store holds newer than the list (a watch event that overtook it) is kept."""
-        listing = await self.client.request("GET", KINDS["VLLMDeployment"].path())
+        listing = await list_objects(self.client, "VLLMDeployment")  # served namespaces
         listed_at = (listing.get("metadata") or {}).get("resourceVersion", "")
         seen: set[Key] = set()
         changed: list[Key] = []
@@ -378,7 +380,7 @@ class Controller:
 
     async def _list_quietly(self, kind: str, selector: str) -> dict[str, Any] | None:
         try:
-            return await self.client.request("GET", KINDS[kind].path(), params={"labelSelector": selector})
+            return await list_objects(self.client, kind, params={"labelSelector": selector})  # served namespaces
         except ApiError as exc:
             if exc.status == 404:  # e.g. no ServiceMonitor CRD
                 return None
@@ -490,9 +492,11 @@ class Controller:
             await self._write_status(body, compute_status(
                 _unparsed(body), current=current_status, now=now, failure=Failure("InvalidSpec", exc.message)))
             return None
-        if vd.spec.model.trust_remote_code and self.settings.forbid_trust_remote_code:
-            await self._write_status(body, compute_status(vd, current=current_status, now=now, failure=Failure(
-                "TrustRemoteCodeForbidden", "this cluster's administrator forbids model.trustRemoteCode=true")))
+        # Before any Secret is read, hub request made or child rendered (issue 18).
+        violation = policy_violation(vd, self.policy)
+        if violation is not None:
+            await self._write_status(body, compute_status(vd, current=current_status, now=now,
+                                                          failure=Failure(*violation)))
             return None
 
         planned = await self._plan(key, vd, current_status)
@@ -581,7 +585,8 @@ class Controller:
         return Observed(children=children, users=users, cache=cache,
                         service_monitor_crd=self.store.service_monitor_crd,
                         leader_worker_set_crd=self.store.leader_worker_set_crd,
-                        expandable_storage=expandable, default_image=self.settings.vllm_image)
+                        expandable_storage=expandable, default_image=self.settings.vllm_image,
+                        hub_endpoint=self.settings.hub_endpoint)
 
     async def _apply(self, vd: VLLMDeployment, want: Desired) -> Applied:
         """Write the children that differ, remove the ones no longer wanted, concurrently (one
@@ -759,8 +764,11 @@ def pod_summary(body: Any) -> dict[str, Any]:
     status = body.get("status") or {}
     return {
         "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
-                     "resourceVersion": meta.get("resourceVersion"), "labels": dict(meta.get("labels") or {})},
-        "status": {"phase": status.get("phase"), "podIP": status.get("podIP"),
+                     "resourceVersion": meta.get("resourceVersion"), "labels": dict(meta.get("labels") or {}),
+                     # what says whether the operator's own workload made the pod (ownership.pod_is_ours)
+                     "ownerReferences": [dict(r) for r in meta.get("ownerReferences") or []]},
+        "spec": {"hostNetwork": bool((body.get("spec") or {}).get("hostNetwork"))},
+        "status": {"phase": status.get("phase"), "podIP": status.get("podIP"), "hostIP": status.get("hostIP"),
                    "conditions": list(status.get("conditions") or []),
                    "containerStatuses": list(status.get("containerStatuses") or [])},
     }

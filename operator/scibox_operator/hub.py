@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,12 @@ from urllib.parse import quote
 import aiohttp
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+MIB = 1024 * 1024
+# config.json and model.safetensors.index.json are KBs; the cap only stops a hostile or broken
+# hub from filling the operator's memory.
+MAX_METADATA_BYTES = 8 * MIB
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,9 +52,12 @@ class HubError(Exception):
 class HubClient:
     FAILURE_TTL = 30.0
 
-    def __init__(self, default_endpoint: str = DEFAULT_ENDPOINT, timeout: float = 10.0):
+    def __init__(self, default_endpoint: str = DEFAULT_ENDPOINT, timeout: float = 10.0,
+                 max_bytes: int = MAX_METADATA_BYTES):
         self.default_endpoint = default_endpoint.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # total bounds a hub that drips its answer byte by byte, not only one that never answers.
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout)
+        self.max_bytes = max_bytes
         self._session: aiohttp.ClientSession | None = None
         self._done: dict[tuple[str, str, str, str], ModelMetadata] = {}
         self._failed: dict[tuple[str, str, str, str], tuple[float, HubError]] = {}
@@ -94,29 +104,74 @@ class HubClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        base = f"{endpoint}/{quote(repo)}/resolve/{quote(revision, safe='')}"
+        base = f"{endpoint}/{quote_repo(repo)}/resolve/{quote_segment(revision)}"
         config = await self._get_json(f"{base}/config.json", headers, required=True)
+        if not isinstance(config, dict):
+            raise HubError("InvalidModelConfig", f"{base}/config.json is not a JSON object", permanent=True)
         index = await self._get_json(f"{base}/model.safetensors.index.json", headers, required=False)
-        return ModelMetadata(config=config, safetensors_index=index)
+        return ModelMetadata(config=config, safetensors_index=index if isinstance(index, dict) else None)
 
     async def _get_json(self, url: str, headers: dict[str, str], *, required: bool) -> Any:
+        """The messages are the operator's own words: the hub's body and its exact status code
+        stay out of status (a status that echoed them would be an oracle for any URL)."""
         assert self._session is not None
         try:
             async with self._session.get(url, headers=headers) as resp:
                 if resp.status == 404:
                     if required:
-                        raise HubError("ModelNotFound", f"{url} answered 404: no such model, revision or file",
+                        raise HubError("ModelNotFound", f"{url}: the hub has no such model, revision or file",
                                        permanent=True)
                     return None
                 if resp.status in (401, 403):
-                    raise HubError("Unauthorized", f"{url} answered {resp.status}: the model is gated or "
+                    raise HubError("Unauthorized", f"{url}: the hub refused access: the model is gated or "
                                    "private; set cache.tokenSecretRef to a Secret with a hub token",
                                    permanent=True)
-                if resp.status >= 400:
-                    raise HubError("HubUnavailable", f"{url} answered {resp.status}", permanent=False)
-                return json.loads(await resp.read())
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            raise HubError("HubUnreachable", f"cannot reach {url}: {exc.__class__.__name__} {exc}",
+                if resp.status != 200:
+                    log.info("hub %s answered HTTP %s", url, resp.status)
+                    raise HubError("HubUnavailable", f"{url}: the hub answered with an error", permanent=False)
+                raw = await _read_capped(resp, self.max_bytes)
+        except HubError:
+            raise
+        except asyncio.TimeoutError:
+            raise HubError("HubUnreachable", f"{url}: the hub did not answer within {self._timeout.total:g} s",
                            permanent=False) from None
-        except ValueError as exc:
-            raise HubError("InvalidModelConfig", f"{url} is not valid JSON: {exc}", permanent=True) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            log.info("hub %s unreachable: %s: %s", url, exc.__class__.__name__, exc)
+            raise HubError("HubUnreachable", f"{url}: cannot connect to the hub", permanent=False) from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise HubError("InvalidModelConfig", f"{url} is not valid JSON", permanent=True) from None
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or HubError once it passes `limit` bytes (decompressed): metadata is a few KB,
+    and whatever a hub sends beyond the cap is never read into memory."""
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise _too_large(str(resp.url), limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(str(resp.url), limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(url: str, limit: int) -> HubError:
+    return HubError("HubResponseTooLarge", f"{url}: the hub's answer is larger than {limit // MIB} MiB, "
+                    "which no model metadata file is", permanent=True)
+
+
+def quote_segment(segment: str) -> str:
+    """One URL path segment, every reserved character escaped ('/', '?', '#', '@', '%' ...)."""
+    if segment in ("", ".", ".."):
+        raise HubError("InvalidModelName", f"{segment!r} cannot be a path segment of a hub URL", permanent=True)
+    return quote(segment, safe="")
+
+
+def quote_repo(repo: str) -> str:
+    """org/name (or a bare legacy name): each segment quoted on its own, never concatenated raw."""
+    return "/".join(quote_segment(part) for part in repo.split("/"))

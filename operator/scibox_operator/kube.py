@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import quote
 
 import aiohttp
@@ -199,3 +200,41 @@ class KubeClient:
             "reportingComponent": self._field_manager, "reportingInstance": self._field_manager,
         }
         await self.request("POST", f"/api/v1/namespaces/{quote(ns)}/events", body=event)
+
+
+# The namespaces the operator serves (`scibox-operator run --namespace ...`; cli.py sets this for
+# the code that lists outside kopf). Unset or empty: all namespaces.
+WATCH_NAMESPACES_ENV = "SCIBOX_WATCH_NAMESPACES"
+
+
+def watched_namespaces(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    raw = (os.environ if env is None else env).get(WATCH_NAMESPACES_ENV, "")
+    return tuple(sorted({ns.strip() for ns in raw.split(",") if ns.strip()}))
+
+
+def list_paths(kind: Kind, namespaces: Sequence[str]) -> list[str]:
+    """Where to LIST a kind: once cluster-wide, or once per served namespace. A namespaced
+    install has no cluster-wide list right (only Roles in its namespaces), and cluster-scoped
+    kinds are listed once either way."""
+    if not kind.namespaced or not namespaces:
+        return [kind.path()]
+    return [kind.path(ns) for ns in namespaces]
+
+
+def _oldest(versions: list[str]) -> str:
+    try:
+        return str(min(int(v) for v in versions))
+    except ValueError:
+        return versions[0]
+
+
+async def list_objects(client: "KubeClient", kind: str, namespaces: Sequence[str] | None = None,
+                       params: dict[str, str] | None = None) -> dict[str, Any]:
+    """A LIST answer ({"metadata": {"resourceVersion"}, "items"}) over the served namespaces: the
+    items of every list, and the oldest list's resourceVersion (an object not listed and not
+    newer than that is gone from every list, so it can be forgotten safely)."""
+    namespaces = watched_namespaces() if namespaces is None else namespaces
+    answers = [await client.request("GET", path, params=params) for path in list_paths(KINDS[kind], namespaces)]
+    versions = [(a.get("metadata") or {}).get("resourceVersion", "") for a in answers]
+    return {"metadata": {"resourceVersion": _oldest(versions)},
+            "items": [item for a in answers for item in a.get("items") or []]}

@@ -17,6 +17,8 @@ from .controller import (CHILD_KINDS, WATCHED_CRDS, Controller, Settings, _trim,
                          storage_class_summary)
 from .kube import KINDS, KubeClient
 from .leader import LeaderElector
+from .ownership import owner_summary
+from .policy import PolicyError
 from .prober import Prober
 from .render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, SERVER
 from .serving import gpu_node_from_body
@@ -26,6 +28,14 @@ log = logging.getLogger(__name__)
 # group, version, plural of each kind the operator renders (and so watches), from the one kind table
 CHILD_RESOURCES = {kind: (KINDS[kind].group, KINDS[kind].version, KINDS[kind].plural) for kind in CHILD_KINDS}
 OURS = {MANAGED_BY_LABEL: MANAGED_BY}
+# The links between a server pod and its workload (ownership.py): kept as owner summaries only,
+# never reconciled. A Deployment's ReplicaSets carry its pod template's labels, ours; the leader
+# StatefulSet of a LeaderWorkerSet carries only LWS's own name label.
+LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
+OWNER_CHAIN_RESOURCES = {
+    "ReplicaSet": (("apps", "v1", "replicasets"), OURS),
+    "StatefulSet": (("apps", "v1", "statefulsets"), {LWS_NAME_LABEL: kopf.PRESENT}),
+}
 
 
 def _credentials(settings: kopf.OperatorSettings) -> Any:
@@ -61,7 +71,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     client = KubeClient(lambda: _credentials(settings), on_request=metrics.record_request)
-    controller = Controller(client, Settings())
+    try:
+        controller = Controller(client, Settings())
+    except PolicyError as exc:  # the administrator's settings: no retry can fix them
+        raise kopf.PermanentError(f"refusing to start: {exc}") from None
     memo.controller = controller
     metrics.register_state_collector(controller.store, controller.queue)
     await controller.prime()
@@ -129,6 +142,22 @@ def _child_handler(kind: str):
 
 for _kind, (_group, _version, _plural) in CHILD_RESOURCES.items():
     kopf.on.event(_group, _version, _plural, labels=OURS, id=f"{_kind.lower()}-event")(_child_handler(_kind))
+
+
+def _owner_chain_handler(kind: str):
+    async def handler(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        store = memo.controller.store
+        if event["type"] == "DELETED":
+            store.drop_child(kind, body.metadata.namespace, body.metadata.name)
+        else:
+            store.put_child(kind, owner_summary(body))
+    handler.__name__ = f"{kind.lower()}_owner_event"
+    return handler
+
+
+for _kind, ((_group, _version, _plural), _labels) in OWNER_CHAIN_RESOURCES.items():
+    kopf.on.event(_group, _version, _plural, labels=_labels, id=f"{_kind.lower()}-owner-event")(
+        _owner_chain_handler(_kind))
 
 
 @kopf.on.event("", "v1", "pods", labels={**OURS, "app.kubernetes.io/component": SERVER})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ProbeReason",
@@ -82,6 +85,7 @@ PENDING = "Pending"
 # metav1.Condition limits (apimachinery validation): the message is capped at 32768 characters.
 _MAX_CONDITION_MESSAGE = 32768
 _MAX_BODY_IN_MESSAGE = 200
+_MAX_BODY_BYTES = 1024 * 1024
 _COMPLETION_PROMPT = "Hello"
 
 
@@ -98,10 +102,14 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class Verdict:
-    """A classification before timing is attached: `None` from a classifier means "go on"."""
+    """A classification before timing is attached: `None` from a classifier means "go on".
+
+    `detail` goes into status, so it is the operator's own words; `evidence` (a snippet of what
+    the server sent) goes only into the operator's log, for whoever debugs the server."""
 
     reason: ProbeReason
     detail: str
+    evidence: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,16 +151,17 @@ def classify_models(status: int, body: str, served_model_name: str) -> Verdict |
     if status == 503:
         return Verdict(ProbeReason.LOADING, "/v1/models answered HTTP 503")
     if status != 200:
-        return Verdict(ProbeReason.ENGINE_DOWN, f"/v1/models answered HTTP {status}: {_snippet(body)}")
+        return Verdict(ProbeReason.ENGINE_DOWN, f"/v1/models answered HTTP {status}", _snippet(body))
     try:
         listed = [str(entry["id"]) for entry in json.loads(body)["data"]]
     except (ValueError, KeyError, TypeError):
-        return Verdict(ProbeReason.ENGINE_DOWN, f"/v1/models answered a body that is not a model list: {_snippet(body)}")
+        return Verdict(ProbeReason.ENGINE_DOWN, "/v1/models answered a body that is not a model list", _snippet(body))
     if served_model_name not in listed:
-        shown = ", ".join(sorted(listed)) or "none"
-        return Verdict(
-            ProbeReason.MODEL_MISSING, _snippet(f"/v1/models does not list {served_model_name!r} (lists: {shown})")
-        )
+        # The count, not the names: what a server lists is its text, not the operator's.
+        return Verdict(ProbeReason.MODEL_MISSING,
+                       f"/v1/models does not list the served model name {_snippet(served_model_name)!r} "
+                       f"({len(listed)} other model{'' if len(listed) == 1 else 's'} listed)",
+                       _snippet("lists: " + ", ".join(sorted(listed))))
     return None
 
 
@@ -161,13 +170,13 @@ def classify_completion(status: int, body: str) -> Verdict | None:
     if status in (401, 403):
         return Verdict(ProbeReason.UNAUTHORIZED, f"/v1/completions answered HTTP {status} (API key missing or wrong)")
     if status != 200:
-        return Verdict(ProbeReason.COMPLETION_FAILED, f"/v1/completions answered HTTP {status}: {_snippet(body)}")
+        return Verdict(ProbeReason.COMPLETION_FAILED, f"/v1/completions answered HTTP {status}", _snippet(body))
     try:
         choices = json.loads(body)["choices"]
     except (ValueError, KeyError, TypeError):
         choices = None
     if not choices:
-        return Verdict(ProbeReason.COMPLETION_FAILED, f"/v1/completions answered no choices: {_snippet(body)}")
+        return Verdict(ProbeReason.COMPLETION_FAILED, "/v1/completions answered no choices", _snippet(body))
     return None
 
 
@@ -222,9 +231,20 @@ async def _fetch(
             allow_redirects=False,
             raise_for_status=False,  # the status is the answer here, whatever the session's default
         ) as response:
-            return response.status, await response.text(errors="replace")
+            return response.status, await _read_text(response, _MAX_BODY_BYTES)
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
         raise _Unreachable(path, error) from error
+
+
+async def _read_text(response: aiohttp.ClientResponse, limit: int) -> str:
+    """At most `limit` bytes of the body: a model list or a completion is a few KB, and a server
+    that sends more must not fill the operator's memory (the rest is not read)."""
+    data = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        data += chunk
+        if len(data) >= limit:
+            break
+    return bytes(data[:limit]).decode("utf-8", errors="replace")
 
 
 async def probe_endpoint(
@@ -254,7 +274,9 @@ async def probe_endpoint(
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     started = time.perf_counter()
 
-    def result(reason: ProbeReason, detail: str) -> ProbeResult:
+    def result(reason: ProbeReason, detail: str, evidence: str = "") -> ProbeResult:
+        if evidence:
+            log.info("%s: %s; the server said: %s", url, detail, evidence)
         return ProbeResult(
             ready=reason is ProbeReason.SERVING,
             reason=reason,
@@ -266,10 +288,10 @@ async def probe_endpoint(
     try:
         status, _ = await _fetch(session, "GET", url, "/health", headers={}, timeout=client_timeout)
         if verdict := classify_health(status, starting=starting):
-            return result(verdict.reason, verdict.detail)
+            return result(verdict.reason, verdict.detail, verdict.evidence)
         status, body = await _fetch(session, "GET", url, "/v1/models", headers=headers, timeout=client_timeout)
         if verdict := classify_models(status, body, served_model_name):
-            return result(verdict.reason, verdict.detail)
+            return result(verdict.reason, verdict.detail, verdict.evidence)
     except _Unreachable as unreachable:
         reason = ProbeReason.LOADING if starting else ProbeReason.ENGINE_DOWN
         return result(reason, str(unreachable))
@@ -284,7 +306,7 @@ async def probe_endpoint(
             # /health was fine a moment ago: an engine that dies on its first request lands here.
             return result(ProbeReason.COMPLETION_FAILED, str(unreachable))
         if verdict := classify_completion(status, body):
-            return result(verdict.reason, verdict.detail)
+            return result(verdict.reason, verdict.detail, verdict.evidence)
         return result(ProbeReason.SERVING, "serving; a one-token completion succeeded")
     return result(ProbeReason.SERVING, f"serving {served_model_name!r}")
 

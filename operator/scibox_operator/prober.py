@@ -17,6 +17,7 @@ import aiohttp
 
 from . import metrics
 from .controller import Controller, Key
+from .ownership import pod_is_ours
 from .probe import ProbeReason, ProbeResult, probe_endpoint, summarize_readiness
 from .render.deployment import CONTAINER_PORT
 from .render.service import LEADER_INDEX_LABEL
@@ -44,6 +45,7 @@ class Prober:
         self.concurrency = int(os.environ.get("SCIBOX_PROBE_CONCURRENCY", "64"))
         self.allowed = _allowed_networks()
         self._completion_checked: set[str] = set()
+        self._refused: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         controller.probing = self.mode != "off"
@@ -78,6 +80,20 @@ class Prober:
             return False
         return any(addr in net for net in self.allowed)
 
+    def _ours(self, pod: dict[str, Any], vd_uid: str) -> bool:
+        if pod_is_ours(pod, vd_uid, self.controller.store.child):
+            return True
+        uid = pod["metadata"].get("uid")
+        if uid not in self._refused:  # said once per pod, not every round
+            if len(self._refused) > 10000:
+                self._refused.clear()
+            self._refused.add(uid)
+            # A new pod can also land here for one round, before its ReplicaSet's event arrives.
+            log.warning("pod %s/%s has the server labels but is not (yet) known as created by its "
+                        "VLLMDeployment's workload, or is on the node's network: not probed, no API key sent",
+                        pod["metadata"].get("namespace"), pod["metadata"].get("name"))
+        return False
+
     async def _probe_one(self, key: Key, sem: asyncio.Semaphore) -> None:
         store = self.controller.store
         body = store.vllmds.get(key)
@@ -87,9 +103,10 @@ class Prober:
             vd = parse(body)
         except InvalidSpec:
             return
-        # In a multi-node group only the leader (worker index 0) serves HTTP.
+        # In a multi-node group only the leader (worker index 0) serves HTTP. Labels only find
+        # candidates: the API key goes only to pods the operator's own workload created.
         pods = [p for p in store.server_pods(key) if p["status"].get("podIP") and p["status"].get("phase") == "Running"
-                and p["metadata"]["labels"].get(LEADER_INDEX_LABEL, "0") == "0"]
+                and p["metadata"]["labels"].get(LEADER_INDEX_LABEL, "0") == "0" and self._ours(p, vd.uid)]
         api_key = None
         if vd.spec.auth.api_key_secret_ref is not None:
             try:

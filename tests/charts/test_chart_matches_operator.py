@@ -44,50 +44,17 @@ def test_every_resource_kopf_watches_may_be_listed_and_watched():
         assert {"list", "watch"} <= rules.get((group, plural), set()), f"kopf watches {group}/{plural}"
 
 
-def deleted_kinds(source: str) -> set[str]:
-    """Kinds controller.py deletes, read from its syntax tree: `client.delete("Kind", ...)`,
-    `_ensure_or_remove("Kind", ...)` unless remove=False, and both workload kinds when
-    `_ensure_workload` switches between them."""
-    deleted: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
-            continue
-        first = node.args[0] if node.args else None
-        literal = first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else None
-        if node.func.attr == "delete" and literal:
-            deleted.add(literal)
-        elif node.func.attr == "_ensure_or_remove" and literal:
-            remove = next((k.value for k in node.keywords if k.arg == "remove"), ast.Constant(True))
-            if not (isinstance(remove, ast.Constant) and remove.value is False):
-                deleted.add(literal)
-        elif node.func.attr == "_ensure_workload":
-            deleted |= {"Deployment", "LeaderWorkerSet"}
-    return deleted
-
-
 def test_every_kind_the_controller_deletes_may_be_deleted():
     from scibox_operator import main
+    from scibox_operator.reconcile.desired import REMOVABLE_KINDS
 
-    deleted = deleted_kinds((ROOT / "operator" / "scibox_operator" / "controller.py").read_text())
-    assert {"Job"} <= deleted, f"the scan is stale: found {deleted}"
     rules = rules_by_resource(find(template(), "ClusterRole"))
-    for kind in sorted(deleted):
+    for kind in sorted(REMOVABLE_KINDS):
         group, _version, plural = main.CHILD_RESOURCES[kind]
         assert "delete" in rules[(_group(group), plural)], f"the controller deletes {kind}"
-    for kind in sorted(set(main.CHILD_RESOURCES) - deleted):
+    for kind in sorted(set(main.CHILD_RESOURCES) - set(REMOVABLE_KINDS)):
         group, _version, plural = main.CHILD_RESOURCES[kind]
         assert "delete" not in rules[(_group(group), plural)], f"{kind} is never deleted by the operator"
-
-
-def test_the_delete_scan_reads_the_call_forms_the_controller_uses():
-    source = """
-async def f(self):
-    await self.client.delete("Job", ns, name)
-    await self._ensure_or_remove("NetworkPolicy", ns, name, None)
-    await self._ensure_or_remove("PersistentVolumeClaim", ns, name, pvc, remove=False)
-    await self.client.delete(kind, ns, name)
-"""
-    assert deleted_kinds(source) == {"Job", "NetworkPolicy"}
 
 
 def test_model_network_policies_let_the_charts_operator_pods_in():
@@ -126,3 +93,49 @@ def test_every_setting_the_chart_sets_is_read_by_the_operator():
                                                             "probe": {"allowedCIDRs": ["10.0.0.0/8"]}}}))
     unread = {name for name in env if name.startswith("SCIBOX_") or name == "POD_NAME"} - read
     assert not unread, f"the chart sets variables the operator never reads: {sorted(unread)}"
+
+
+def read_kinds(source: str) -> set[str]:
+    """Kinds controller.py GETs by name: `client.get("Kind", ...)`, and the LeaderWorkerSet that
+    `_read_fresh` reads on each pass of a multi-node object (its only caller)."""
+    from scibox_operator.controller import CHILD_KINDS
+    from scibox_operator.kube import KINDS
+
+    read: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        first = node.args[0] if node.args else None
+        literal = first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else None
+        if node.func.attr == "get" and literal in KINDS:
+            read.add(literal)
+        elif node.func.attr == "get" and node.args and isinstance(first, ast.Name) and first.id == "kind":
+            read |= set(CHILD_KINDS)  # the look-up of a child's name before it is created
+        elif node.func.attr == "_read_fresh":
+            read.add("LeaderWorkerSet")
+    return read
+
+
+def test_every_kind_the_controller_gets_by_name_may_be_read():
+    """issue 18: the chart lacked get on leaderworkersets, so multi-node status was never written
+    under the chart's ServiceAccount."""
+    from scibox_operator import main
+    from scibox_operator.kube import KINDS
+
+    read = read_kinds((ROOT / "operator" / "scibox_operator" / "controller.py").read_text())
+    assert {"Secret", "LeaderWorkerSet", "Service", "PersistentVolumeClaim"} <= read, f"the scan is stale: {read}"
+    rules = rules_by_resource(find(template(), "ClusterRole"))
+    for kind in sorted(read):
+        k = KINDS[kind]
+        group = k.api_version.rpartition("/")[0]
+        assert "get" in rules.get((group, k.plural), set()), f"the controller GETs {kind}"
+    assert main.CHILD_RESOURCES["LeaderWorkerSet"][2] == KINDS["LeaderWorkerSet"].plural
+
+
+def test_the_owner_chain_kinds_the_operator_watches_are_granted():
+    from scibox_operator import main
+
+    rules = rules_by_resource(find(template(), "ClusterRole"))
+    for kind, ((group, _version, plural), _labels) in main.OWNER_CHAIN_RESOURCES.items():
+        assert {"list", "watch"} <= rules.get((group, plural), set()), kind
+        assert not {"create", "patch", "delete"} & rules[(group, plural)], f"{kind} is only read"

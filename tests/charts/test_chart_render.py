@@ -68,6 +68,10 @@ def test_helm_lint_strict_is_clean(values, tmp_path):
     ({"podDisruptionBudget": {"enabled": True}}, "would block every eviction"),
     ({"serviceMonitor": {"enabled": True}, "metrics": {"service": {"enabled": False}}}, "needs metrics.service.enabled"),
     ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+    ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
+    ({"security": {"hubEndpoints": ["https://u@huggingface.co"]}}, "/security/hubEndpoints/0"),
+    ({"security": {"imagePrefixes": ["a b"]}}, "/security/imagePrefixes/0"),
+    ({"operator": {"monitoringNamespace": "Mon"}}, "/operator/monitoringNamespace"),
 ])
 def test_bad_values_are_refused_with_a_clear_message(values, message):
     with pytest.raises(HelmError) as err:
@@ -179,7 +183,9 @@ def test_cluster_role_is_least_privilege():
     assert rules[("scibox.io", "vllmdeployments/status")] == {"patch"}
     assert rules[("", "pods")] == {"list", "watch"} and rules[("", "nodes")] == {"list", "watch"}
     assert rules[("", "events")] == {"create"}
-    assert rules[("", "services")] == rules[("", "persistentvolumeclaims")] == {"list", "watch", "create", "patch"}
+    # get: a child's name is looked up before it is created (someone else's object is never taken)
+    assert rules[("", "services")] == rules[("", "persistentvolumeclaims")] == {"get", "list", "watch", "create",
+                                                                               "patch"}
     assert ("", "namespaces") not in rules, "cluster-wide kopf does not observe namespaces"
     assert ("coordination.k8s.io", "leases") not in rules, "leases only through the namespaced Role"
     assert not any(verb in {"escalate", "bind", "impersonate", "deletecollection"}
@@ -187,6 +193,80 @@ def test_cluster_role_is_least_privilege():
     binding = find(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"][0]["name"] == find(docs, "ServiceAccount")["metadata"]["name"]
+
+
+def test_multi_node_reads_and_the_probes_owner_chain_are_granted():
+    """The multi-node path GETs its LeaderWorkerSet on every pass; the prober reads the
+    ReplicaSets and StatefulSets between a pod and its VLLMDeployment (issue 18)."""
+    rules = rules_by_resource(find(template(), "ClusterRole"))
+    assert "get" in rules[("leaderworkerset.x-k8s.io", "leaderworkersets")]
+    assert rules[("apps", "replicasets")] == rules[("apps", "statefulsets")] == {"list", "watch"}
+
+
+def rules_of(docs: list[dict], kind: str) -> dict[str, dict[tuple[str, str], set[str]]]:
+    """namespace (or '' for a ClusterRole) -> its rules, for every object of `kind`."""
+    return {d["metadata"].get("namespace", ""): rules_by_resource(d) for d in docs if d["kind"] == kind}
+
+
+def test_a_namespaced_install_reads_secrets_only_in_its_namespaces():
+    docs = template({"watchNamespaces": ["team-a", "team-b"]}, namespace="ops")
+    cluster = rules_by_resource(find(docs, "ClusterRole"))
+    assert ("", "secrets") not in cluster, "no cluster-wide Secret read"
+    assert set(cluster) == {("", "nodes"), ("storage.k8s.io", "storageclasses"),
+                            ("apiextensions.k8s.io", "customresourcedefinitions")}
+    roles = rules_of(docs, "Role")
+    assert set(roles) == {"team-a", "team-b"}
+    assert all(r[("", "secrets")] == {"get"} for r in roles.values())
+    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    for namespace, binding in bindings.items():
+        role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == namespace)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": role["metadata"]["name"]}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-scibox-vllm-operator",
+                                        "namespace": "ops"}]
+    command = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert [c for c in command if c.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
+
+
+def test_namespaced_and_cluster_wide_installs_grant_the_same_rules_in_total():
+    """A namespaced install moves rules into Roles; it must not lose one (the operator would
+    meet a 403) nor add one."""
+    wide = rules_by_resource(find(template(), "ClusterRole"))
+    docs = template({"watchNamespaces": ["team-a"]})
+    split = rules_by_resource(find(docs, "ClusterRole"))
+    for key, verbs in rules_of(docs, "Role")["team-a"].items():
+        assert key not in split, f"{key} granted twice"
+        split[key] = verbs
+    assert split == wide
+    assert not [c for c in find(template(), "Deployment")["spec"]["template"]["spec"]["containers"][0]["command"]
+                if c.startswith("--namespace")], "cluster-wide: no --namespace"
+
+
+def test_allowlists_and_the_monitoring_namespace_reach_the_environment():
+    env = env_of(template({"security": {"hubEndpoints": ["https://huggingface.co", "http://mirror.local:8080"],
+                                        "imagePrefixes": ["ghcr.io/scibox/", "registry.local"]},
+                           "operator": {"monitoringNamespace": "monitoring"}}))
+    assert env["SCIBOX_ALLOWED_HUB_ENDPOINTS"] == "https://huggingface.co,http://mirror.local:8080"
+    assert env["SCIBOX_ALLOWED_IMAGE_PREFIXES"] == "ghcr.io/scibox/,registry.local"
+    assert env["SCIBOX_MONITORING_NAMESPACE"] == "monitoring"
+    defaults = env_of(template())
+    assert not {"SCIBOX_ALLOWED_HUB_ENDPOINTS", "SCIBOX_ALLOWED_IMAGE_PREFIXES",
+                "SCIBOX_MONITORING_NAMESPACE"} & set(defaults), "defaults: only operator.hubEndpoint, any image"
+
+
+def test_the_charts_allowlist_is_the_one_the_operator_accepts():
+    """Values the schema admits build an AdminPolicy; what it refuses the operator would too."""
+    from scibox_operator.policy import AdminPolicy, PolicyError
+
+    env = env_of(template({"security": {"hubEndpoints": ["https://huggingface.co", "http://[::1]:8080/"]}}))
+    settings = type("S", (), {"hub_endpoint": env["SCIBOX_HUB_ENDPOINT"], "vllm_image": "ghcr.io/scibox/vllm:1",
+                              "forbid_trust_remote_code": False})()
+    assert AdminPolicy.from_settings(settings, env).endpoint_allowed("http://[::1]:8080")
+    with pytest.raises(HelmError) as err:
+        template({"security": {"hubEndpoints": ["https://huggingface.co/models"]}})
+    assert "hubEndpoints" in err.value.stderr
+    with pytest.raises(PolicyError):
+        AdminPolicy.from_settings(settings, {"SCIBOX_ALLOWED_HUB_ENDPOINTS": "https://huggingface.co/models"})
 
 
 def test_cluster_scoped_names_differ_between_namespaces():

@@ -68,3 +68,19 @@ def mutating_delta(before: dict, after: dict, resources: set[str]) -> dict[tuple
             if diff:
                 delta[key] = diff
     return delta
+
+
+def owner_chain_lookup(cluster, namespace: str):
+    """ownership.Lookup over the real objects of a namespace, read from the API server: to
+    check that the controllers Kubernetes and LWS run build the chain the prober trusts."""
+    held: dict[tuple[str, str], Any] = {}
+    for kind, resource in (("ReplicaSet", "replicasets"), ("Deployment", "deployments"),
+                           ("StatefulSet", "statefulsets"), ("LeaderWorkerSet", "leaderworkersets")):
+        proc = cluster.kubectl("get", resource, "-n", namespace, "-o", "json", check=False)
+        if proc.returncode != 0 and "doesn't have a resource type" in proc.stderr:
+            continue  # no LeaderWorkerSet CRD on this cluster (yet)
+        assert proc.returncode == 0, proc.stderr
+        listing = json.loads(proc.stdout)
+        for item in listing["items"]:
+            held[(kind, item["metadata"]["name"])] = item
+    return lambda kind, ns, name: held.get((kind, name)) if ns == namespace else None

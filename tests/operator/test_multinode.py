@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from .kubehelp import apply, condition, get, wait_for
+from scibox_operator.ownership import owned_by
+
+from .kubehelp import apply, condition, get, owner_chain_lookup, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -59,6 +61,11 @@ def test_a_16_gpu_plan_runs_as_one_leaderworkerset_group_on_two_nodes(cluster, o
     vd = wait_for(lambda: (lambda o: o if (o.get("status") or {}).get("replicas") == 1 else None)(
         get(cluster, "vllmd", "huge", namespace)), timeout=60, what="status from the LeaderWorkerSet")
     assert vd["status"]["gpusPerReplica"] == 16 and condition(vd, "Ready")["reason"] in ("EngineDown", "Pending")
+    # The prober's owner chain (issue 18) holds for the real LWS controller's leader, not its worker.
+    lookup = owner_chain_lookup(cluster, namespace)
+    by_index = {p["metadata"]["labels"]["leaderworkerset.sigs.k8s.io/worker-index"]: p for p in lws_pods(cluster, namespace)}
+    assert owned_by(by_index["0"], vd["metadata"]["uid"], lookup), by_index["0"]["metadata"].get("ownerReferences")
+    assert not owned_by(by_index["1"], vd["metadata"]["uid"], lookup), "workers serve no HTTP and get no key"
 
     apply(cluster, namespace, big("huge", replicas=2))
     wait_for(lambda: len({p["metadata"]["labels"].get("leaderworkerset.sigs.k8s.io/group-index")

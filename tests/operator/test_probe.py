@@ -268,14 +268,19 @@ def test_classify_models() -> None:
     listed = json.dumps({"object": "list", "data": [{"id": "tiny"}, {"id": "other"}]})
     assert classify_models(200, listed, "tiny") is None
     missing = classify_models(200, listed, "big")
-    assert missing.reason is ProbeReason.MODEL_MISSING and "other, tiny" in missing.detail
+    assert missing.reason is ProbeReason.MODEL_MISSING and "2 other models listed" in missing.detail
+    assert "tiny" not in missing.detail, "the names a server lists stay out of status"
+    assert "other, tiny" in missing.evidence, "...and go to the log"
     assert classify_models(200, json.dumps({"data": []}), "tiny").reason is ProbeReason.MODEL_MISSING
     assert classify_models(401, "", "tiny").reason is ProbeReason.UNAUTHORIZED
     assert classify_models(403, "", "tiny").reason is ProbeReason.UNAUTHORIZED
     assert classify_models(503, "", "tiny").reason is ProbeReason.LOADING
     assert classify_models(404, "not found", "tiny").reason is ProbeReason.ENGINE_DOWN
     garbage = classify_models(200, "<html>" + "x" * 1000, "tiny")
-    assert garbage.reason is ProbeReason.ENGINE_DOWN and len(garbage.detail) < 400
+    assert garbage.reason is ProbeReason.ENGINE_DOWN and "<html>" not in garbage.detail
+    assert garbage.evidence.startswith("<html>") and len(garbage.evidence) <= 200
+    not_found = classify_models(404, "SECRET-BODY", "tiny")
+    assert "SECRET-BODY" not in not_found.detail and not_found.evidence == "SECRET-BODY"
 
 
 def test_classify_completion() -> None:
@@ -283,7 +288,9 @@ def test_classify_completion() -> None:
     assert classify_completion(200, json.dumps({"choices": []})).reason is ProbeReason.COMPLETION_FAILED
     assert classify_completion(200, "not json").reason is ProbeReason.COMPLETION_FAILED
     failed = classify_completion(500, '{"error": "Unsupported CPU attention configuration: head_dim=16"}')
-    assert failed.reason is ProbeReason.COMPLETION_FAILED and "head_dim=16" in failed.detail
+    assert failed.reason is ProbeReason.COMPLETION_FAILED and failed.detail == "/v1/completions answered HTTP 500"
+    assert "head_dim=16" in failed.evidence, "the server's words go to the log, not to status"
+    assert "SECRET" not in classify_completion(200, '{"SECRET": 1}').detail
     assert classify_completion(401, "").reason is ProbeReason.UNAUTHORIZED
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,10 @@ class Case:
     gap_in: str  # "everywhere", or "cluster" when the operator's pure code already handles it
     # Caught only when the API server refuses the rendered child (no offline check can know it).
     child_refused: bool = False
+    # The administrator's policy the case needs (AdminPolicy.build keywords beyond the defaults);
+    # {}: the operator's defaults. The cluster run's operator has the defaults only, so cases
+    # with a policy are checked offline (test_corpus_offline) and by their own cluster tests.
+    policy: dict[str, Any] = field(default_factory=dict)
 
     def body(self, namespace: str | None = None) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": self.name, "labels": {"scibox.io/corpus-case": self.id[:63]}}
@@ -69,7 +73,7 @@ def load_cases() -> list[Case]:
     cases = []
     for entry in raw:
         unknown = set(entry) - {"id", "name", "patch", "spec", "rejected", "ready_false", "message", "gap",
-                                 "gap_in", "child_refused"}
+                                 "gap_in", "child_refused", "policy"}
         if unknown:
             raise ValueError(f"{entry['id']}: unknown keys {sorted(unknown)}")
         if ("rejected" in entry) == ("ready_false" in entry):
@@ -80,5 +84,6 @@ def load_cases() -> list[Case]:
             spec = deep_merge(BASE_SPEC, entry.get("patch") or {})
         cases.append(Case(entry["id"], entry.get("name", entry["id"]), spec, entry.get("rejected"),
                           entry.get("ready_false"), entry.get("message"), entry.get("gap"),
-                          entry.get("gap_in", "everywhere"), bool(entry.get("child_refused"))))
+                          entry.get("gap_in", "everywhere"), bool(entry.get("child_refused")),
+                          dict(entry.get("policy") or {})))
     return cases

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.operator import OperatorProcess
-from tests.operator.kubehelp import condition, get, wait_for
+from scibox_operator.ownership import owned_by
+from tests.operator.kubehelp import condition, get, owner_chain_lookup, wait_for
 
 from tests.faults.convergence import CHILD_KINDS, MANAGED, apply_all, vllmd, wait_converged
 
@@ -79,6 +80,13 @@ def test_the_api_key_value_appears_nowhere_but_in_its_secret(cluster, operator, 
     snap, _ = wait_converged(cluster, namespace, timeout=120)
 
     container = next(c for c in snap.children if c["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    # The pods that get the key chain up to the VLLMDeployment through the real ReplicaSet (issue 18).
+    lookup = owner_chain_lookup(cluster, namespace)
+    keyed_uid = get(cluster, "vllmd", "keyed", namespace)["metadata"]["uid"]
+    server_pods = wait_for(lambda: [p for p in get(cluster, "pods", None, namespace)["items"]
+                                    if p["metadata"]["labels"].get("app.kubernetes.io/component") == "server"],
+                           timeout=60, what="server pods")
+    assert server_pods and all(owned_by(p, keyed_uid, lookup) for p in server_pods)
     assert {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "model-key", "key": "api-key"}}} \
         in container["env"]
     encoded = base64.b64encode(key_value.encode()).decode()
@@ -93,3 +101,85 @@ def test_the_api_key_value_appears_nowhere_but_in_its_secret(cluster, operator, 
         places["operator log"] = log.read()
     for where, text in places.items():
         assert key_value not in text and encoded not in text, f"the API key leaked into the {where}"
+
+
+class _TokenRecorder:
+    """An HTTP server on loopback that records the Authorization header of every request."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        recorded = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                recorded.append((self.path, self.headers.get("Authorization")))
+                self.send_response(404)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_endpoint_the_admin_did_not_allow_gets_no_request_and_no_token(cluster, operator, namespace):
+    """issue 18: a tenant names their own server as cache.endpoint with a token Secret, with
+    explicit sizes (no metadata read needed) and auto sizes: it receives nothing, no download Job
+    is made, and the status says why."""
+    recorder = _TokenRecorder()
+    try:
+        token = f"hf_{uuid.uuid4().hex}"
+        cluster.kubectl("create", "secret", "generic", "hf", "-n", namespace, f"--from-literal=token={token}")
+        cache = {"size": "1Gi", "endpoint": recorder.endpoint, "tokenSecretRef": {"name": "hf"}}
+        apply_all(cluster, namespace, [
+            vllmd("explicit", cache=cache),
+            vllmd("auto", cache=cache, resources={"gpus": "auto"}),
+        ])
+        for name in ("explicit", "auto"):
+            refused = wait_for(lambda: (lambda o: o if (condition(o, "Ready") or {}).get("reason") else None)(
+                get(cluster, "vllmd", name, namespace)), timeout=60, what=f"a verdict on {name}")
+            ready = condition(refused, "Ready")
+            assert (ready["status"], ready["reason"], refused["status"]["phase"]) == \
+                ("False", "EndpointNotAllowed", "Failed"), ready
+            assert recorder.endpoint in ready["message"] and "no token is sent" in ready["message"]
+        kids = json.loads(cluster.kubectl("get", CHILD_KINDS, "-n", namespace, "-l", MANAGED, "-o", "json").stdout)
+        assert kids["items"] == [], f"children of refused objects: {[k['metadata']['name'] for k in kids['items']]}"
+        assert recorder.requests == [], f"the endpoint was asked: {recorder.requests}"
+    finally:
+        recorder.close()
+
+
+def test_code_loading_env_and_images_are_refused_by_a_strict_operator(cluster, operator, namespace, hub_endpoint,
+                                                                      tmp_path):
+    """forbidTrustRemoteCode also refuses env that loads code; an image allowlist refuses other
+    images; nothing is rendered for either."""
+    operator.stop()
+    strict = OperatorProcess(Path(cluster.kubeconfig), tmp_path / "strict", hub_endpoint=hub_endpoint,
+                             extra_env={"SCIBOX_FORBID_TRUST_REMOTE_CODE": "true",
+                                        "SCIBOX_VLLM_IMAGE": "ghcr.io/scibox/vllm:0.32.0",
+                                        "SCIBOX_ALLOWED_IMAGE_PREFIXES": "ghcr.io/scibox/"})
+    cases = {"pythonpath": ("CodeLoadingEnvForbidden", {"engine": {"env": [{"name": "PYTHONPATH", "value": "/m"}]}}),
+             "ld-preload": ("CodeLoadingEnvForbidden", {"engine": {"env": [{"name": "LD_PRELOAD", "value": "/m.so"}]}}),
+             "image": ("ImageNotAllowed", {"image": "docker.io/evil/vllm:1"}),
+             "download-image": ("ImageNotAllowed", {"cache": {"size": "1Gi", "downloadImage": "evil/dl:1"}})}
+    try:
+        strict.start()
+        apply_all(cluster, namespace, [vllmd(name, **spec) for name, (_, spec) in cases.items()])
+        for name, (reason, _) in cases.items():
+            obj = wait_for(lambda: (lambda o: o if (condition(o, "Ready") or {}).get("reason") else None)(
+                get(cluster, "vllmd", name, namespace)), timeout=60, what=f"a verdict on {name}")
+            assert (condition(obj, "Ready")["reason"], obj["status"]["phase"]) == (reason, "Failed"), obj["status"]
+        kids = json.loads(cluster.kubectl("get", CHILD_KINDS, "-n", namespace, "-l", MANAGED, "-o", "json").stdout)
+        assert kids["items"] == [], [k["metadata"]["name"] for k in kids["items"]]
+        assert strict.proc.poll() is None
+    finally:
+        strict.stop()
+        operator.start()

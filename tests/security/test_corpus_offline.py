@@ -8,10 +8,13 @@ checks that the operator would refuse every case cleanly even if the API server 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import pytest
 
-from scibox_operator.serving import GpuNode, PlanFailure, decide_serving_plan
+from scibox_operator.hub import DEFAULT_ENDPOINT
+from scibox_operator.policy import AdminPolicy, policy_violation
+from scibox_operator.serving import DEFAULT_VLLM_IMAGE, GpuNode, PlanFailure, decide_serving_plan
 from scibox_operator.spec import InvalidSpec, parse
 from tests.fixtures.tiny_model import CONFIG as TINY_CONFIG
 
@@ -28,11 +31,32 @@ def _param(case):
     return pytest.param(case, id=case.id, marks=marks)
 
 
+@dataclass(frozen=True)
+class PolicyRefusal:
+    """What the reconcile turns a policy violation into: Ready=False with this reason."""
+
+    reason: str
+    message: str
+
+
+def case_policy(case) -> AdminPolicy:
+    """The operator's default policy, with what the case sets on top."""
+    options = dict(default_hub_endpoint=DEFAULT_ENDPOINT, default_image=DEFAULT_VLLM_IMAGE,
+                   allowed_hub_endpoints=None, image_prefixes=[], forbid_trust_remote_code=False)
+    options.update(case.policy)
+    return AdminPolicy.build(**options)
+
+
 def run_operator_path(case):
+    """The reconcile's order: parse, the administrator's policy (before any Secret, hub request
+    or child), then the plan."""
     body = case.body("corpus")
     body["metadata"].update(uid="00000000-corpus", generation=1)
     try:
         vd = parse(copy.deepcopy(body))
+        violation = policy_violation(vd, case_policy(case))
+        if violation is not None:
+            return PolicyRefusal(*violation)
         decide_serving_plan(vd, config=TINY_CONFIG, safetensors_index=None, nodes=[H100_NODE], cache_shared=False)
     except (InvalidSpec, PlanFailure) as exc:
         return exc
@@ -46,6 +70,18 @@ def test_the_corpus_is_big_and_varied():
     for topic in ("negative", "huge", "gpu", "tp-not-dividing", "no-model", "name", "extra-", "env-", "oversized"):
         assert topic in ids, f"no case about {topic}"
     assert sum(1 for c in CASES if c.ready_false) >= 10, "cases the operator itself must catch"
+    policy_reasons = {c.ready_false for c in CASES}
+    assert {"EndpointNotAllowed", "CodeLoadingEnvForbidden", "ImageNotAllowed"} <= policy_reasons
+
+
+def test_policy_cases_are_accepted_without_their_policy():
+    """A case refused only under its policy must pass under the defaults: so the refusal comes
+    from the policy, not from something else wrong with the spec."""
+    for case in CASES:
+        if case.policy:
+            plain = copy.copy(case)
+            object.__setattr__(plain, "policy", {})
+            assert run_operator_path(plain) is None, case.id
 
 
 @pytest.mark.parametrize("case", [_param(c) for c in CASES

@@ -51,9 +51,16 @@ class Observed:
     # the server image of a spec that names none (the operator's setting): a shared Job rendered
     # from another user's spec must use that user's image, not this one's
     default_image: str = DEFAULT_VLLM_IMAGE
+    # where the download Job fetches from when the spec names no endpoint (the operator's setting)
+    hub_endpoint: str | None = None
 
     def live(self, kind: str, name: str) -> dict[str, Any] | None:
         return self.children.get((kind, name))
+
+
+# What a pass may delete (the chart grants `delete` on exactly these): a failed or changed
+# download Job, the workload kind a plan left, optional children the spec dropped. Never a claim.
+REMOVABLE_KINDS = ("Job", "Deployment", "LeaderWorkerSet", "NetworkPolicy", "ServiceMonitor")
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,11 @@ class Desired:
     workload_current: bool  # False while the live workload waits for the model to be cached
     failure: Failure | None = None
     notes: tuple[Note, ...] = ()
+
+    def __post_init__(self) -> None:
+        unexpected = {kind for kind, _ in self.removals} - set(REMOVABLE_KINDS)
+        if unexpected:  # a bug, not an input error: the chart would refuse the delete
+            raise AssertionError(f"removal of {sorted(unexpected)} is not allowed")
 
 
 def child_keys(vd: VLLMDeployment, plan: ServingPlan) -> tuple[ChildKey, ...]:
@@ -130,7 +142,8 @@ def _download_job(plan: ServingPlan, users: list[VLLMDeployment], observed: Obse
     if source.spec.model.is_pvc or observed.cache.complete:
         return []
     source_plan = replace(plan, image=source.spec.image or observed.default_image)
-    job = render_download_job(source, source_plan, sorted(users, key=lambda u: u.uid))
+    job = render_download_job(source, source_plan, sorted(users, key=lambda u: u.uid),
+                              hub_endpoint=observed.hub_endpoint)
     if job is None:
         return []
     job = stamped(job)

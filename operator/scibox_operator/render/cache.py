@@ -94,9 +94,11 @@ def download_job_name(plan: ServingPlan) -> str:
     return plan.cache_claim[: 63 - len("-download")].rstrip("-") + "-download"
 
 
-def render_download_job(vd: VLLMDeployment, plan: ServingPlan,
-                        owners: list[VLLMDeployment]) -> dict[str, Any] | None:
-    """None for pvc:// models: they are already on a volume and need no download."""
+def render_download_job(vd: VLLMDeployment, plan: ServingPlan, owners: list[VLLMDeployment], *,
+                        hub_endpoint: str | None = None) -> dict[str, Any] | None:
+    """None for pvc:// models: they are already on a volume and need no download. The weights
+    come from `cache.endpoint`, else from the operator's own hub endpoint (an air-gapped
+    cluster's mirror), the one its metadata reads use: never a hub nobody configured."""
     if vd.spec.model.is_pvc:
         return None
     model = vd.spec.model
@@ -109,8 +111,9 @@ def render_download_job(vd: VLLMDeployment, plan: ServingPlan,
         {"name": "HF_HOME", "value": "/tmp/hf"},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
     ]
-    if cache.endpoint:
-        env.append({"name": "HF_ENDPOINT", "value": cache.endpoint})
+    endpoint = cache.endpoint or hub_endpoint
+    if endpoint:
+        env.append({"name": "HF_ENDPOINT", "value": endpoint})
     if cache.token_secret_ref:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": cache.token_secret_ref.name, "key": cache.token_secret_ref.key}}})

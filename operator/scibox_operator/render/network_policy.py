@@ -1,4 +1,4 @@
-"""The optional NetworkPolicy in front of the model port."""
+"""The optional NetworkPolicy in front of a model's server pods."""
 
 from __future__ import annotations
 
@@ -10,11 +10,30 @@ from .common import SERVER, metadata, selector_labels
 from .deployment import CONTAINER_PORT
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+OPERATOR_NAMESPACE_ENV = "SCIBOX_OPERATOR_NAMESPACE"
+MONITORING_NAMESPACE_ENV = "SCIBOX_MONITORING_NAMESPACE"
 
 
-def render_network_policy(vd: VLLMDeployment, *, operator_namespace: str | None = None) -> dict[str, Any] | None:
-    """None unless enabled. The operator's own pods are always let in when their namespace is
-    known, or its readiness probe would report every replica as down."""
+def _namespace_peer(namespace: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: namespace}}}
+
+
+def _setting(value: str | None, env: str) -> str:
+    return value if value is not None else os.environ.get(env, "")
+
+
+def render_network_policy(vd: VLLMDeployment, *, operator_namespace: str | None = None,
+                          monitoring_namespace: str | None = None) -> dict[str, Any] | None:
+    """None unless enabled. Three ingress rules, nothing else:
+
+    * the model port from the namespaces and pods the spec allows, and from the operator's own
+      pods when their namespace is known (or its readiness probe would see every replica down);
+    * every port between the model's own server pods: a multi-node group's Ray head, its object
+      store and NCCL use ports of their own (Ray's are not authenticated: only the group reaches
+      them);
+    * the model port (vLLM's /metrics) from the monitoring namespace, when the administrator
+      names one (SCIBOX_MONITORING_NAMESPACE), so Prometheus there can scrape.
+    """
     policy = vd.spec.network_policy
     if not policy.enabled:
         return None
@@ -24,18 +43,26 @@ def render_network_policy(vd: VLLMDeployment, *, operator_namespace: str | None 
     if policy.allowed_pod_labels:
         peer["podSelector"] = {"matchLabels": dict(sorted(policy.allowed_pod_labels.items()))}
     peers = [peer]
-    operator_namespace = operator_namespace if operator_namespace is not None else os.environ.get(
-        "SCIBOX_OPERATOR_NAMESPACE")
+    operator_namespace = _setting(operator_namespace, OPERATOR_NAMESPACE_ENV)
     if operator_namespace:
-        peers.append({"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: operator_namespace}},
+        peers.append({**_namespace_peer(operator_namespace),
                       "podSelector": {"matchLabels": {"app.kubernetes.io/name": "scibox-vllm-operator"}}})
+    model_port = [{"protocol": "TCP", "port": CONTAINER_PORT}]
+    own_pods = {"matchLabels": selector_labels(vd, SERVER)}
+    ingress: list[dict[str, Any]] = [
+        {"from": peers, "ports": model_port},
+        {"from": [{"podSelector": own_pods}]},  # no ports: all of them, within the group only
+    ]
+    monitoring_namespace = _setting(monitoring_namespace, MONITORING_NAMESPACE_ENV)
+    if monitoring_namespace:
+        ingress.append({"from": [_namespace_peer(monitoring_namespace)], "ports": model_port})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": metadata(vd, vd.name, SERVER),
         "spec": {
-            "podSelector": {"matchLabels": selector_labels(vd, SERVER)},
+            "podSelector": own_pods,
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": CONTAINER_PORT}]}],
+            "ingress": ingress,
         },
     }

@@ -180,3 +180,11 @@ def test_the_last_plan_is_reused_only_for_the_inputs_it_was_made_for():
     edited = vd_of(parallelism={"tensorParallelSize": "auto"}, resources={"gpuProduct": "NVIDIA-L4"})
     assert last_known_plan(edited, status, cache_shared=False, image="img:1") is None
     assert last_known_plan(vd, {}, cache_shared=False, image="img:1") is None
+
+
+def test_the_download_fetches_from_the_operators_hub_unless_the_spec_names_one():
+    plain, named = vd_of(), vd_of(cache={"endpoint": "http://127.0.0.1:5000"})
+    for vd, expected in ((plain, "http://127.0.0.1:4000"), (named, "http://127.0.0.1:5000")):
+        want = desired(vd, plan_of(vd), observed(cache=CacheState(False), hub_endpoint="http://127.0.0.1:4000"))
+        env = {e["name"]: e.get("value") for e in child(want, "Job")["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["HF_ENDPOINT"] == expected
