@@ -271,7 +271,6 @@ def test_a_deleted_job_is_forgotten():
 
 def test_a_scrape_records_no_download():
     """Scraping reads: finished Jobs and their pods in the store are not counted by a scrape."""
-
     just_now = datetime.now(timezone.utc) + timedelta(seconds=30)  # after any recorder's start
     job = download_job("dl-scrape", uid="scrape-only", condition="Complete",
                        start=(just_now - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ"),
