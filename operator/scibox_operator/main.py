@@ -6,7 +6,6 @@ Settings come from the environment (see README: SCIBOX_*).
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -16,14 +15,12 @@ from . import GROUP, PLURAL, VERSION, metrics
 from .controller import (CHILD_KINDS, WATCHED_CRDS, Controller, Settings, _trim, crd_established,
                          storage_class_summary)
 from .kube import KINDS, KubeClient
-from .leader import LeaderElector
+from .leader import LeaderElector, Timing
 from .ownership import owner_summary
 from .policy import PolicyError
 from .prober import Prober
 from .render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, SERVER
 from .serving import gpu_node_from_body
-
-log = logging.getLogger(__name__)
 
 # group, version, plural of each kind the operator renders (and so watches), from the one kind table
 CHILD_RESOURCES = {kind: (KINDS[kind].group, KINDS[kind].version, KINDS[kind].plural) for kind in CHILD_KINDS}
@@ -76,21 +73,18 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     except PolicyError as exc:  # the administrator's settings: no retry can fix them
         raise kopf.PermanentError(f"refusing to start: {exc}") from None
     memo.controller = controller
+    # before the first watch event: Jobs that finished before this moment are not counted
+    memo.downloads = metrics.DownloadRecorder()
     metrics.register_state_collector(controller.store, controller.queue)
     await controller.prime()
     controller.start()
     memo.prober = Prober(controller)
     memo.prober.start()
-    port = int(os.environ.get("SCIBOX_METRICS_PORT", "8080"))
-    if port:
-        from prometheus_client import start_http_server
-        try:
-            start_http_server(port, addr=os.environ.get("SCIBOX_METRICS_ADDR", "0.0.0.0"))
-        except OSError as exc:  # metrics are not worth a crash loop
-            log.error("metrics endpoint on port %s not started: %s", port, exc)
+    memo.metrics_server = await metrics.serve(int(os.environ.get("SCIBOX_METRICS_PORT", "8080")),
+                                              os.environ.get("SCIBOX_METRICS_ADDR", "0.0.0.0"))
     lease = os.environ.get("SCIBOX_LEADER_ELECTION_NAMESPACE")
     if lease:
-        memo.elector = LeaderElector(client, namespace=lease, on_change=lambda leading: (
+        memo.elector = LeaderElector(client, namespace=lease, timing=Timing.from_env(), on_change=lambda leading: (
             controller.became_leader() if leading else controller.active.clear()))
         memo.elector.start()
     else:
@@ -101,6 +95,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if getattr(memo, "elector", None):
         await memo.elector.stop()
+    if getattr(memo, "metrics_server", None):
+        await memo.metrics_server.cleanup()
     await memo.prober.stop()
     await memo.controller.stop()
     await memo.controller.client.close()
@@ -128,6 +124,8 @@ async def vllmdeployment_event(event: dict[str, Any], body: kopf.Body, memo: kop
 def _child_handler(kind: str):
     async def handler(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         controller: Controller = memo.controller
+        if kind == "Job":
+            memo.downloads.job_event(event["type"], body)
         if event["type"] == "DELETED":
             controller.store.drop_child(kind, body.metadata.namespace, body.metadata.name)
         else:
@@ -171,9 +169,10 @@ async def server_pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Me
 
 @kopf.on.event("", "v1", "pods", labels={**OURS, "app.kubernetes.io/component": DOWNLOAD})
 async def download_pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """The metrics collector reads download bytes from the pods it finds in the store; a new
-    download report brings a pass of the claim's users."""
+    """The pod's termination message carries the bytes it downloaded (metrics); a new download
+    report brings a pass of the claim's users."""
     controller: Controller = memo.controller
+    memo.downloads.pod_event(event["type"], body)
     if event["type"] == "DELETED":
         controller.store.drop_pod(body.metadata.namespace, body.metadata.name)
     elif controller.observe_pod(body):

@@ -1,11 +1,13 @@
-"""The operator's own Prometheus metrics (served on the metrics port by main.py).
+"""The operator's own Prometheus metrics, served by `serve` on the operator's event loop.
 
 Two kinds:
-* event metrics the code paths update as they happen (reconciles, applies, API requests, probes);
+* event metrics the code paths update as they happen (reconciles, applies, API requests, probes,
+  and finished model downloads: `DownloadRecorder`, fed from the Job and download pod events);
 * state metrics read from the controller's in-memory store at scrape time
   (`register_state_collector`): VLLMDeployments by phase, per-VLLMDeployment replicas and phase,
   download Job attempts, and the work-queue depth. Reading at scrape time keeps them exact
-  without any periodic task, and series of deleted objects disappear by themselves.
+  without any periodic task, and series of deleted objects disappear by themselves. A scrape
+  only reads: it never records anything.
 
 Per-object series are labelled `vllmdeployment_namespace` / `vllmdeployment`, never `namespace`:
 Prometheus attaches the *operator's* namespace as `namespace` to everything it scrapes, and a
@@ -14,6 +16,7 @@ clash would silently rename ours to `exported_namespace` unless the scrape honou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -21,7 +24,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -192,20 +197,69 @@ def is_download_job(job: Mapping[str, Any]) -> bool:
 # --- recording ------------------------------------------------------------------------------
 
 
+def _job_of(pod: Mapping[str, Any]) -> str | None:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return next((labels[k] for k in _JOB_NAME_LABELS if labels.get(k)), None)
+
+
+def _key(body: Mapping[str, Any]) -> tuple[str, str]:
+    meta = body.get("metadata") or {}
+    return str(meta.get("namespace", "")), str(meta.get("name", ""))
+
+
 class DownloadRecorder:
     """Records each finished download Job once (by uid) into DOWNLOAD_SECONDS / DOWNLOAD_BYTES /
-    DOWNLOAD_FAILURES. Jobs that finished before `since` are skipped: after an operator restart
-    the store is primed with old Jobs, and counting them again would show downloads that did not
-    happen."""
+    DOWNLOAD_FAILURES, as its events arrive (`job_event`, `pod_event`). Jobs that finished before
+    `since` are skipped: after an operator restart the watch replays old Jobs, and counting them
+    again would show downloads that did not happen.
+
+    The bytes come from the download pod's termination message and the outcome from the Job's
+    condition: two watch streams, so either may come first. Whichever comes second records."""
 
     def __init__(self, since: datetime | None = None):
         self.since = since or datetime.now().astimezone()
         self._seen: set[str] = set()
-        # prometheus_client serves scrapes on threads: two at once must not record a Job twice.
+        self._bytes: dict[tuple[str, str], int] = {}  # (namespace, job) -> bytes its pod reported
+        self._pending: set[tuple[str, str]] = set()  # succeeded Jobs whose bytes are not known yet
+        # observe() may be called from other threads (an executor, tests): one Job, one record.
         self._lock = threading.Lock()
 
+    def job_event(self, event_type: str | None, job: Mapping[str, Any]) -> DownloadOutcome | None:
+        if not is_download_job(job):
+            return None
+        key = _key(job)
+        if event_type == "DELETED":
+            self._forget(job, key)
+            return None
+        outcome = download_outcome(job)
+        if outcome is not None and outcome.succeeded and key in self._bytes:
+            outcome = dataclasses.replace(outcome, downloaded_bytes=self._bytes[key])
+        recorded = self._record(outcome)
+        if recorded is not None and recorded.succeeded and recorded.downloaded_bytes is None:
+            self._pending.add(key)
+        return recorded
+
+    def pod_event(self, event_type: str | None, pod: Mapping[str, Any]) -> None:
+        job = _job_of(pod)
+        if job is None:
+            return
+        key = (str((pod.get("metadata") or {}).get("namespace", "")), job)
+        if event_type == "DELETED":
+            self._bytes.pop(key, None)
+            return
+        count = downloaded_bytes_from_pods(job, key[0], [pod])
+        if count is None:
+            return
+        self._bytes[key] = count
+        if key in self._pending:
+            self._pending.discard(key)
+            DOWNLOAD_BYTES.inc(count)
+
     def observe(self, job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] = ()) -> DownloadOutcome | None:
-        outcome = download_outcome(job, pods)
+        """Record a Job whose pods are at hand (bytes read from them)."""
+        return self._record(download_outcome(job, pods))
+
+    def _record(self, outcome: DownloadOutcome | None) -> DownloadOutcome | None:
         if outcome is None:
             return None
         with self._lock:
@@ -223,30 +277,28 @@ class DownloadRecorder:
             DOWNLOAD_FAILURES.inc()
         return outcome
 
-    def forget_missing(self, live_uids: set[str]) -> None:
-        """Drop uids of Jobs that no longer exist, so the set does not grow without bound."""
+    def _forget(self, job: Mapping[str, Any], key: tuple[str, str]) -> None:
+        """A deleted Job: its records go, so that they do not grow without bound."""
+        meta = job.get("metadata") or {}
         with self._lock:
-            self._seen &= live_uids
+            self._seen.discard(str(meta.get("uid") or f"{key[0]}/{key[1]}"))
+        self._pending.discard(key)
+        self._bytes.pop(key, None)
 
 
 class StateCollector(Collector):
-    """Per-object gauges computed from the controller's store on every scrape."""
+    """Per-object gauges computed from the controller's store on every scrape (on the event
+    loop, like every write to the store: no copy, no lock)."""
 
-    def __init__(self, store: Any, recorder: DownloadRecorder):
+    def __init__(self, store: Any):
         self.store = store
-        self.recorder = recorder
 
-    def _snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-        # The HTTP server thread reads while the event loop writes: copy the dicts first (one
-        # C-level call each, so no "changed size during iteration").
-        vllmds = list(dict(self.store.vllmds).values())
-        jobs = list(dict(self.store.children.get("Job", {})).values())
-        pods = list(dict(getattr(self.store, "pods", {})).values())
-        return vllmds, jobs, pods
+    def _snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return list(self.store.vllmds.values()), list(self.store.children.get("Job", {}).values())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            vllmds, jobs, pods = self._snapshot()
+            vllmds, jobs = self._snapshot()
         except Exception:  # noqa: BLE001 - a metrics bug must never break /metrics
             log.exception("state metrics: cannot read the store")
             return
@@ -269,27 +321,17 @@ class StateCollector(Collector):
             "scibox_operator_model_download_failed_pods",
             "Failed pod attempts of each model download Job that still exists (status.failed)",
             labels=[NS_LABEL, "download_job"])
-        live_uids: set[str] = set()
         for job in jobs:
-            if not is_download_job(job):
-                continue
-            meta = job.get("metadata") or {}
-            live_uids.add(str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}"))
-            failed_pods.add_metric([str(meta.get("namespace", "")), str(meta.get("name", ""))],
-                                   _int((job.get("status") or {}).get("failed"), 0))
-            try:
-                self.recorder.observe(job, pods)
-            except Exception:  # noqa: BLE001
-                log.exception("state metrics: cannot record download Job %s", meta.get("name"))
-        self.recorder.forget_missing(live_uids)
+            if is_download_job(job):
+                failed_pods.add_metric(list(_key(job)), _int((job.get("status") or {}).get("failed"), 0))
         yield from (phase, desired, ready, failed_pods)
 
 
 _state: dict[str, Any] = {}
 
 
-def register_state_collector(store: Any, queue: Any = None, *, registry: CollectorRegistry = REGISTRY,
-                             since: datetime | None = None) -> StateCollector:
+def register_state_collector(store: Any, queue: Any = None, *,
+                             registry: CollectorRegistry = REGISTRY) -> StateCollector:
     """Export the controller's state: call once, after the Controller is built (main.startup).
 
     `store` needs `.vllmds` ({key: VLLMDeployment body}) and `.children` ({kind: {key: body}}),
@@ -301,12 +343,12 @@ def register_state_collector(store: Any, queue: Any = None, *, registry: Collect
             _state["registry"].unregister(old)
         except KeyError:
             pass
-    collector = StateCollector(store, DownloadRecorder(since))
+    collector = StateCollector(store)
     registry.register(collector)
     _state.update(collector=collector, registry=registry)
 
     def vllmds() -> list[dict[str, Any]]:
-        return list(dict(store.vllmds).values())
+        return list(store.vllmds.values())
 
     for p in PHASES:
         DEPLOYMENTS_BY_PHASE.labels(phase=p).set_function(_phase_counter(vllmds, p))
@@ -318,3 +360,27 @@ def register_state_collector(store: Any, queue: Any = None, *, registry: Collect
 def _phase_counter(vllmds: Callable[[], list[dict[str, Any]]], phase: str) -> Callable[[], float]:
     return lambda: float(count_by_phase(vllmds())[phase])
 
+
+
+# --- the endpoint ---------------------------------------------------------------------------
+
+
+async def serve(port: int, addr: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> web.AppRunner | None:
+    """Serve /metrics on the running event loop; stop it with `await runner.cleanup()`.
+
+    On the loop, a scrape reads the store between two events, never in the middle of one (a
+    server thread raced the loop's writes). Port 0 disables it; a port that cannot be bound
+    is logged, not raised: metrics are not worth a crash loop. Returns None when not serving."""
+    if not port:
+        return None
+    app = web.Application()
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    runner = web.AppRunner(app, access_log=None)  # a log line per scrape says nothing
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, addr, port).start()
+    except OSError as exc:
+        log.error("metrics endpoint on %s:%s not started: %s", addr, port, exc)
+        await runner.cleanup()
+        return None
+    return runner

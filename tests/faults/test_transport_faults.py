@@ -15,7 +15,7 @@ import kopf
 import pytest
 
 from scibox_operator.kube import ApiError, KubeClient
-from scibox_operator.leader import LeaderElector
+from scibox_operator.leader import LeaderElector, Timing
 
 TRANSIENT = (ApiError, OSError, asyncio.TimeoutError)
 
@@ -86,7 +86,7 @@ def test_leader_election_keeps_running_through_broken_connections(behaviour):
         async with BrokenServer(BEHAVIOURS[behaviour]) as url:
             client = client_for(url)
             changes: list[bool] = []
-            elector = LeaderElector(client, namespace="ns", identity="me", renew_seconds=0.05,
+            elector = LeaderElector(client, namespace="ns", identity="me", timing=Timing(retry_seconds=0.05),
                                     on_change=changes.append)
             elector.start()
             try:

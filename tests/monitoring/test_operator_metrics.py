@@ -1,14 +1,21 @@
-"""The operator's state metrics (scibox_operator/metrics.py): readings of stored objects and the
-scrape-time collector, through prometheus_client's real exposition."""
+"""The operator's state metrics (scibox_operator/metrics.py): readings of stored objects, the
+scrape-time collector through prometheus_client's real exposition, download metrics recorded
+from events, and the /metrics endpoint on the event loop (a real aiohttp server on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from datetime import datetime, timezone
+import socket
+import threading
+from datetime import datetime, timedelta, timezone
 
+import aiohttp
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from scibox_operator import metrics
 
@@ -152,7 +159,7 @@ def test_state_collector_exports_per_object_gauges_and_follows_the_store():
                   jobs=[download_job("dl-llama", uid="j1", condition=None, failed=2)])
     queue = Queue(3)
     registry = CollectorRegistry()
-    metrics.register_state_collector(store, queue, registry=registry, since=EPOCH)
+    metrics.register_state_collector(store, queue, registry=registry)
     got = samples(registry)
     key = (("vllmdeployment", "llama"), ("vllmdeployment_namespace", "ml"))
     assert got[("scibox_operator_vllmdeployment_desired_replicas", key)] == 2
@@ -189,7 +196,7 @@ def test_a_broken_store_never_breaks_the_metrics_endpoint():
         children: dict = {}
 
     registry = CollectorRegistry()
-    collector = metrics.StateCollector(Broken(), metrics.DownloadRecorder(since=EPOCH))
+    collector = metrics.StateCollector(Broken())
     registry.register(collector)
     assert samples(registry) == {}
 
@@ -202,3 +209,131 @@ def test_concurrent_scrapes_record_a_download_once():
     with ThreadPoolExecutor(max_workers=8) as pool:
         outcomes = list(pool.map(lambda _: recorder.observe(job), range(64)))
     assert sum(o is not None for o in outcomes) == 1
+
+
+# --- download metrics, recorded from events ----------------------------------------------------
+
+DOWNLOAD_SERIES = ("scibox_operator_model_download_duration_seconds_count",
+                   "scibox_operator_model_download_bytes_total",
+                   "scibox_operator_model_download_failures_total")
+
+
+def download_values() -> dict[str, float]:
+    return {n: REGISTRY.get_sample_value(n) or 0.0 for n in DOWNLOAD_SERIES}
+
+
+def grown(before: dict[str, float]) -> dict[str, float]:
+    return {n: v - before[n] for n, v in download_values().items()}
+
+
+def finished_download(uid: str, downloaded: int):
+    job = download_job(f"dl-{uid}", uid=uid, condition="Complete")
+    return job, download_pod(job["metadata"]["name"], json.dumps({"downloaded_bytes": downloaded}))
+
+
+@pytest.mark.parametrize("order", ["pod-then-job", "job-then-pod"])
+def test_a_download_is_recorded_when_its_events_arrive_in_either_order(order):
+    recorder = metrics.DownloadRecorder(since=EPOCH)
+    job, pod = finished_download(f"ev-{order}", 4096)
+    running = download_job(job["metadata"]["name"], uid=job["metadata"]["uid"], condition=None)
+    before = download_values()
+    recorder.job_event("ADDED", running)
+    events = [("pod", pod), ("job", job)] if order == "pod-then-job" else [("job", job), ("pod", pod)]
+    for what, body in events:
+        (recorder.pod_event if what == "pod" else recorder.job_event)("MODIFIED", body)
+    for what, body in events:  # the same events again (a re-list): nothing more
+        (recorder.pod_event if what == "pod" else recorder.job_event)("MODIFIED", body)
+    assert grown(before) == {"scibox_operator_model_download_duration_seconds_count": 1.0,
+                             "scibox_operator_model_download_bytes_total": 4096.0,
+                             "scibox_operator_model_download_failures_total": 0.0}
+
+
+def test_a_failed_download_job_event_counts_a_failure_and_a_server_job_counts_nothing():
+    recorder = metrics.DownloadRecorder(since=EPOCH)
+    before = download_values()
+    recorder.job_event("MODIFIED", download_job("bad", uid="ev-failed", condition="Failed"))
+    other = download_job("not-a-download", uid="ev-other", condition="Complete")
+    other["metadata"]["labels"]["app.kubernetes.io/component"] = "server"
+    assert recorder.job_event("MODIFIED", other) is None
+    assert grown(before)["scibox_operator_model_download_failures_total"] == 1.0
+    assert grown(before)["scibox_operator_model_download_duration_seconds_count"] == 0.0
+
+
+def test_a_deleted_job_is_forgotten():
+    recorder = metrics.DownloadRecorder(since=EPOCH)
+    job, pod = finished_download("ev-deleted", 10)
+    recorder.pod_event("MODIFIED", pod)
+    assert recorder.job_event("MODIFIED", job) is not None
+    recorder.pod_event("DELETED", pod)
+    recorder.job_event("DELETED", job)
+    assert not recorder._seen and not recorder._bytes and not recorder._pending
+
+
+def test_a_scrape_records_no_download():
+    """Scraping reads: finished Jobs and their pods in the store are not counted by a scrape."""
+    just_now = datetime.now(timezone.utc) + timedelta(seconds=30)  # after any recorder's start
+    job = download_job("dl-scrape", uid="scrape-only", condition="Complete",
+                       start=(just_now - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                       end=just_now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    pod = download_pod("dl-scrape", json.dumps({"downloaded_bytes": 777}))
+    registry = CollectorRegistry()
+    metrics.register_state_collector(Store(jobs=[job], pods=[pod]), Queue(0), registry=registry)
+    before = download_values()
+    samples(registry)
+    generate_latest(REGISTRY)
+    assert grown(before) == dict.fromkeys(DOWNLOAD_SERIES, 0.0)
+
+
+# --- the endpoint on the event loop --------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ThreadProbe(Collector):
+    """A collector that notes the thread each scrape runs on."""
+
+    def __init__(self):
+        self.threads: list[int] = []
+
+    def collect(self):
+        self.threads.append(threading.get_ident())
+        yield GaugeMetricFamily("scibox_test_probe", "scrapes seen", value=len(self.threads))
+
+
+def test_metrics_are_served_on_the_event_loop_and_stop_with_it():
+    async def scenario():
+        registry = CollectorRegistry()
+        probe = ThreadProbe()
+        registry.register(probe)
+        port = free_port()
+        runner = await metrics.serve(port, "127.0.0.1", registry=registry)
+        assert runner is not None
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                text, ctype = await resp.text(), resp.headers["Content-Type"]
+            await runner.cleanup()
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with session.get(f"http://127.0.0.1:{port}/metrics"):
+                    pass
+        return text, ctype, probe.threads
+
+    text, ctype, threads = asyncio.run(scenario())
+    assert "scibox_test_probe 1.0" in text and ctype.startswith("text/plain")
+    assert threads == [threading.get_ident()], "the scrape ran off the event loop's thread"
+
+
+def test_a_port_in_use_is_logged_not_raised_and_port_zero_disables(caplog):
+    async def scenario():
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            return await metrics.serve(port, "127.0.0.1"), await metrics.serve(0, "127.0.0.1"), port
+
+    busy, disabled, port = asyncio.run(scenario())
+    assert busy is None and disabled is None
+    assert any(r.levelname == "ERROR" and str(port) in r.getMessage() for r in caplog.records)
