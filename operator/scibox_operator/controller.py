@@ -33,7 +33,7 @@ from .render.common import CACHE_LABEL, DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, 
 from .render.service import endpoint_url
 from .serving import (DEFAULT_VLLM_IMAGE, GpuNode, PlanFailure, ServingPlan, cache_claim_name, decide_serving_plan,
                       gpu_node_from_body)
-from .spec import InvalidSpec, VLLMDeployment, parse
+from .spec import InvalidSpec, VLLMDeployment, parse, short_hash
 from .status import CacheState, Failure, PlanNote, compute_status, status_differs
 
 log = logging.getLogger(__name__)
@@ -506,7 +506,7 @@ class Controller:
             return planned.retry
         plan, plan_note = planned
         inputs = plan_inputs(vd)
-        observed = self._observe(vd, plan)
+        observed = self._observe(vd, plan, api_key_digest=await self._api_key_digest(vd))
         want = desired(vd, plan, observed)
         status_args: dict[str, Any] = dict(current=current_status, now=now, plan=plan, plan_inputs=inputs,
                                            plan_note=plan_note)
@@ -566,7 +566,12 @@ class Controller:
             return PlanOutcomeFailure(Failure(exc.reason, exc.message), self._backoff(key) if exc.retry else None)
         return plan, None
 
-    def _observe(self, vd: VLLMDeployment, plan: ServingPlan) -> Observed:
+    async def _api_key_digest(self, vd: VLLMDeployment) -> str | None:
+        """A salted digest of the API key (never the key): its change rolls the server pods."""
+        key = await self._secret_value(vd.namespace, vd.spec.auth.api_key_secret_ref)
+        return None if key is None else short_hash(vd.uid, key, length=16)
+
+    def _observe(self, vd: VLLMDeployment, plan: ServingPlan, *, api_key_digest: str | None = None) -> Observed:
         """A snapshot of what the store holds for this VLLMDeployment (no I/O)."""
         ns = vd.namespace
         children = {(kind, name): live for kind, name in child_keys(vd, plan)
@@ -586,7 +591,7 @@ class Controller:
                         service_monitor_crd=self.store.service_monitor_crd,
                         leader_worker_set_crd=self.store.leader_worker_set_crd,
                         expandable_storage=expandable, default_image=self.settings.vllm_image,
-                        hub_endpoint=self.settings.hub_endpoint)
+                        hub_endpoint=self.settings.hub_endpoint, api_key_digest=api_key_digest)
 
     async def _apply(self, vd: VLLMDeployment, want: Desired) -> Applied:
         """Write the children that differ, remove the ones no longer wanted, concurrently (one

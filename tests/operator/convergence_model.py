@@ -3,6 +3,7 @@ spec, and the part of each live child that the operator's field manager owns (ma
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -11,7 +12,7 @@ from scibox_operator.diff import RENDER_HASH_ANNOTATION
 from scibox_operator.kube import KINDS
 from scibox_operator.reconcile.desired import Observed, child_keys, desired
 from scibox_operator.serving import GpuNode, decide_serving_plan, gpu_node_from_body
-from scibox_operator.spec import parse
+from scibox_operator.spec import parse, short_hash
 from scibox_operator.status import CacheState
 
 CHECKED_KINDS = ("PersistentVolumeClaim", "Deployment", "LeaderWorkerSet", "Service", "NetworkPolicy",
@@ -101,6 +102,13 @@ def live_children(rest, namespace: str, vd, plan) -> dict[tuple[str, str], dict[
     return out
 
 
+def api_key_digest(rest, vd) -> str | None:
+    ref = vd.spec.auth.api_key_secret_ref
+    secret = rest.get_or_none(KINDS["Secret"].path(vd.namespace, ref.name)) if ref else None
+    raw = ((secret or {}).get("data") or {}).get(ref.key) if ref else None
+    return short_hash(vd.uid, base64.b64decode(raw).decode(), length=16) if raw else None
+
+
 def differences(rest, body: dict[str, Any], *, image: str) -> list[str]:
     """What differs between the cluster and a fresh desired() of this VLLMDeployment (once its
     model is cached): changed, missing and extra children."""
@@ -110,7 +118,8 @@ def differences(rest, body: dict[str, Any], *, image: str) -> list[str]:
                                image=image)
     live = live_children(rest, ns, vd, plan)
     want = desired(vd, plan, Observed(children=live, users=(vd,), cache=CacheState(True, reason="Downloaded"),
-                                      service_monitor_crd=True, leader_worker_set_crd=True, default_image=image))
+                                      service_monitor_crd=True, leader_worker_set_crd=True, default_image=image,
+                                      api_key_digest=api_key_digest(rest, vd)))
     problems = []
     wanted = {(c["kind"], c["metadata"]["name"]) for c in want.children}
     for child in want.children:

@@ -53,6 +53,8 @@ class Observed:
     default_image: str = DEFAULT_VLLM_IMAGE
     # where the download Job fetches from when the spec names no endpoint (the operator's setting)
     hub_endpoint: str | None = None
+    # digest of the API key Secret's value (render/deployment.py), None without a key
+    api_key_digest: str | None = None
 
     def live(self, kind: str, name: str) -> dict[str, Any] | None:
         return self.children.get((kind, name))
@@ -118,11 +120,13 @@ def desired(vd: VLLMDeployment, plan: ServingPlan, observed: Observed) -> Desire
 
     if observed.cache.complete:
         other = ("Deployment", vd.name) if plan.multi_node else ("LeaderWorkerSet", leader_worker_set_name(vd))
-        children.append(stamped(render_leader_worker_set(vd, plan) if plan.multi_node else render_deployment(vd, plan)))
+        digest = observed.api_key_digest
+        children.append(stamped(render_leader_worker_set(vd, plan, api_key_digest=digest) if plan.multi_node
+                                else render_deployment(vd, plan, api_key_digest=digest)))
         if observed.live(*other) is not None:
             removals.append(other)
     want("Service", vd.name, render_service(vd, multi_node=plan.multi_node))
-    want("NetworkPolicy", vd.name, render_network_policy(vd))
+    want("NetworkPolicy", vd.name, render_network_policy(vd, multi_node=plan.multi_node))
     want("ServiceMonitor", vd.name, render_service_monitor(vd)
          if observed.service_monitor_crd and vd.spec.monitoring.service_monitor else None)
     return Desired(tuple(children), tuple(removals), workload, observed.cache.complete, None, tuple(notes))

@@ -138,7 +138,12 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def render_deployment(vd: VLLMDeployment, plan: ServingPlan) -> dict[str, Any]:
+# A digest of the API key in the pod template: a rotated key rolls the pods, which read the key
+# from their environment only at start (the key itself never appears in any object).
+API_KEY_DIGEST_ANNOTATION = "scibox.io/api-key-digest"
+
+
+def render_deployment(vd: VLLMDeployment, plan: ServingPlan, *, api_key_digest: str | None = None) -> dict[str, Any]:
     spec = vd.spec
     startup_failures = max(1, -(-spec.rollout.startup_timeout_seconds // PROBE_PERIOD_SECONDS))
     container = {
@@ -207,7 +212,9 @@ def render_deployment(vd: VLLMDeployment, plan: ServingPlan) -> dict[str, Any]:
             "strategy": strategy,
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": dict(meta["labels"])},
+                "metadata": {"labels": dict(meta["labels"]),
+                             **({"annotations": {API_KEY_DIGEST_ANNOTATION: api_key_digest}}
+                                if api_key_digest and spec.auth.api_key_secret_ref else {})},
                 "spec": pod_spec,
             },
         },

@@ -43,9 +43,10 @@ def leader_worker_set_name(vd: VLLMDeployment) -> str:
     return f"{vd.name}-group"
 
 
-def render_leader_worker_set(vd: VLLMDeployment, plan: ServingPlan) -> dict[str, Any]:
+def render_leader_worker_set(vd: VLLMDeployment, plan: ServingPlan, *,
+                             api_key_digest: str | None = None) -> dict[str, Any]:
     """Reuses the single-node pod template (security, volumes, env, probes), then adapts it."""
-    base = render_deployment(vd, plan)
+    base = render_deployment(vd, plan, api_key_digest=api_key_digest)
     template = base["spec"]["template"]
     leader = copy.deepcopy(template)
     worker = copy.deepcopy(template)

@@ -22,9 +22,28 @@ def _setting(value: str | None, env: str) -> str:
     return value if value is not None else os.environ.get(env, "")
 
 
+def render_ray_policy(vd: VLLMDeployment) -> dict[str, Any]:
+    """A multi-node group without the optional policy: Ray's head and workers listen without
+    authentication, so every port but the model port is closed to all but the group's own pods;
+    the model port stays open to whoever could reach it before."""
+    own_pods = {"matchLabels": selector_labels(vd, SERVER)}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(vd, vd.name, SERVER),
+        "spec": {
+            "podSelector": own_pods,
+            "policyTypes": ["Ingress"],
+            "ingress": [{"ports": [{"protocol": "TCP", "port": CONTAINER_PORT}]},
+                        {"from": [{"podSelector": own_pods}]}],
+        },
+    }
+
+
 def render_network_policy(vd: VLLMDeployment, *, operator_namespace: str | None = None,
-                          monitoring_namespace: str | None = None) -> dict[str, Any] | None:
-    """None unless enabled. Three ingress rules, nothing else:
+                          monitoring_namespace: str | None = None, multi_node: bool = False) -> dict[str, Any] | None:
+    """None unless enabled (a multi-node group still gets render_ray_policy). Three ingress
+    rules, nothing else:
 
     * the model port from the namespaces and pods the spec allows, and from the operator's own
       pods when their namespace is known (or its readiness probe would see every replica down);
@@ -36,7 +55,7 @@ def render_network_policy(vd: VLLMDeployment, *, operator_namespace: str | None 
     """
     policy = vd.spec.network_policy
     if not policy.enabled:
-        return None
+        return render_ray_policy(vd) if multi_node else None
     peer: dict[str, Any] = {"namespaceSelector": {"matchExpressions": [{
         "key": NAMESPACE_NAME_LABEL, "operator": "In",
         "values": sorted(set(policy.allowed_namespaces) or {vd.namespace})}]}}

@@ -188,3 +188,25 @@ def test_the_download_fetches_from_the_operators_hub_unless_the_spec_names_one()
         want = desired(vd, plan_of(vd), observed(cache=CacheState(False), hub_endpoint="http://127.0.0.1:4000"))
         env = {e["name"]: e.get("value") for e in child(want, "Job")["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["HF_ENDPOINT"] == expected
+
+
+def test_a_rotated_api_key_changes_the_pod_template_and_no_key_means_no_digest():
+    vd = vd_of(auth={"apiKeySecretRef": {"name": "k"}})
+    def template(digest):
+        dep = child(desired(vd, plan_of(vd), observed(api_key_digest=digest)), "Deployment")
+        return dep["spec"]["template"]["metadata"]
+    assert template("aaaa") != template("bbbb")
+    assert template("aaaa")["annotations"]["scibox.io/api-key-digest"] == "aaaa"
+    keyless = vd_of()
+    dep = child(desired(keyless, plan_of(keyless), observed(api_key_digest="aaaa")), "Deployment")
+    assert "annotations" not in dep["spec"]["template"]["metadata"]
+
+
+def test_a_multi_node_group_closes_rays_ports_to_all_but_its_own_pods_even_without_a_policy():
+    vd = vd_of(resources={"gpus": 16})
+    multi = desired(vd, plan_of(vd, tp=8, pp=2, nodes=2), observed())
+    rules = child(multi, "NetworkPolicy")["spec"]["ingress"]
+    assert rules[0] == {"ports": [{"protocol": "TCP", "port": 8000}]}
+    assert rules[1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "m"
+    single = desired(vd, plan_of(vd, tp=8, pp=2, nodes=1), observed(multi.children))
+    assert ("NetworkPolicy", "m") in single.removals
