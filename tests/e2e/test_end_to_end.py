@@ -31,6 +31,7 @@ from tests.fixtures.hub import TINY_REPO
 pytestmark = [pytest.mark.cluster, pytest.mark.vllm, pytest.mark.slow]
 
 API_KEY = "e2e-secret-key"
+NEW_API_KEY = "e2e-rotated-key"
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -197,7 +198,33 @@ def test_apply_download_serve_probe_metrics_delete(e2e_cluster, e2e_operator, e2
     else:
         print("prometheus not installed: metrics step skipped")
 
-    # 6. Delete: the operator's children go (garbage collector), the runner stops the processes.
+    # 6. The key is rotated: the pods roll (they read it from their environment at start), the
+    #    operator's probe reports Serving with the new key, the old key is refused (issue 18).
+    rotated = time.monotonic()
+    e2e.rest.request("PATCH", f"/api/v1/namespaces/{ns}/secrets/tiny-key",
+                     {"data": {"api-key": base64.b64encode(NEW_API_KEY.encode()).decode()}},
+                     "application/merge-patch+json")
+    old_uid = pod["metadata"]["uid"]
+    pod = e2e.wait_for("a new server pod after the key rotation", lambda: next(
+        (p for p in e2e.pods(ns, "app.kubernetes.io/component=server")
+         if p["status"].get("phase") == "Running" and p["metadata"]["uid"] != old_uid
+         and not p["metadata"].get("deletionTimestamp")), None), timeout=180, ns=ns)
+    template = e2e.rest.get(f"/apis/apps/v1/namespaces/{ns}/deployments/tiny")["spec"]["template"]
+    assert NEW_API_KEY not in json.dumps(template) and API_KEY not in json.dumps(template)
+    e2e.wait_for("Ready=True/Serving with the new key", lambda: (
+        lambda c: c if c and c["status"] == "True" and c["reason"] == "Serving" else None)(
+        e2e.condition(ns, "tiny", "Ready")), timeout=600, ns=ns, every=1.0)
+    print(f"key rotation -> Serving with the new key: {time.monotonic() - rotated:.1f}s")
+    pod_ip = pod["status"]["podIP"]
+    base = f"http://{pod_ip}:8000"
+    answer = http_json(f"{base}/v1/completions", {"model": "tiny", "prompt": "hello", "max_tokens": 2},
+                       {"Authorization": f"Bearer {NEW_API_KEY}"})
+    assert answer["choices"][0]["text"], answer
+    with pytest.raises(urllib.error.HTTPError) as stale:
+        http_json(f"{base}/v1/completions", {"model": "tiny", "prompt": "hello", "max_tokens": 1}, headers)
+    assert stale.value.code == 401, "the old key still opens the server"
+
+    # 7. Delete: the operator's children go (garbage collector), the runner stops the processes.
     assert e2e.pod_processes(), "the server's processes should be running before the delete"
     deleted = time.monotonic()
     e2e.rest.delete(f"{API}/namespaces/{ns}/vllmdeployments/tiny")

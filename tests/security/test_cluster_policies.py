@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -183,3 +184,68 @@ def test_code_loading_env_and_images_are_refused_by_a_strict_operator(cluster, o
     finally:
         strict.stop()
         operator.start()
+
+
+class _KeyRecorder:
+    """An HTTP server on one loopback address that records each request's path and bearer token
+    (a stand-in for whatever listens on a pod's address)."""
+
+    def __init__(self, host: str, port: int = 8000) -> None:
+        import http.server
+        import threading
+
+        recorded = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _record(self):
+                recorded.append((self.path, self.headers.get("Authorization")))
+                self.send_response(503)
+                self.end_headers()
+
+            do_GET = do_POST = _record  # noqa: N815 - http.server's names
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _tenant_pod(name: str, node: str, labels: dict, *, host_network: bool) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+            "spec": {"nodeName": node, "hostNetwork": host_network,
+                     "tolerations": [{"operator": "Exists"}],
+                     "containers": [{"name": "c", "image": "tenant/any:1", "ports": [{"containerPort": 8000}]}]}}
+
+
+def test_pods_a_tenant_labelled_like_server_pods_are_never_probed_nor_sent_the_key(cluster, operator, namespace):
+    """issue 18: the prober probes (and sends the API key to) only pods of the VLLMDeployment's
+    own ReplicaSet, never a hostNetwork pod or a bare pod that merely carries the labels."""
+    key_value = f"key-{uuid.uuid4().hex}"
+    cluster.kubectl("create", "secret", "generic", "victim-key", "-n", namespace, f"--from-literal=api-key={key_value}")
+    apply_all(cluster, namespace, [vllmd("victim", auth={"apiKeySecretRef": {"name": "victim-key"}})])
+    ours = wait_for(lambda: next((p for p in get(cluster, "pods", None, namespace)["items"]
+                                  if p["metadata"]["labels"].get("app.kubernetes.io/instance") == "victim"
+                                  and p["status"].get("podIP")), None), timeout=120, what="the victim's server pod")
+    labels = {k: v for k, v in ours["metadata"]["labels"].items() if k != "pod-template-hash"}
+    node = ours["spec"]["nodeName"]
+    for name, host_network in (("tenant-bare", False), ("tenant-hostnet", True)):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                        input=json.dumps(_tenant_pod(name, node, labels, host_network=host_network)))
+    tenant = {name: wait_for(lambda: (get(cluster, "pod", name, namespace).get("status") or {}).get("podIP"),
+                             timeout=60, what=f"{name}'s address") for name in ("tenant-bare", "tenant-hostnet")}
+    assert tenant["tenant-hostnet"] == get(cluster, "pod", "tenant-hostnet", namespace)["status"]["hostIP"]
+    recorders = {name: _KeyRecorder(ip) for name, ip in tenant.items()}
+    recorders["ours"] = _KeyRecorder(ours["status"]["podIP"])  # the control: this one must be probed
+    try:
+        wait_for(lambda: recorders["ours"].requests, timeout=60, what="the prober reaching the victim's own pod")
+        time.sleep(6)  # three more probe rounds (SCIBOX_PROBE_PERIOD=2)
+        for name in tenant:
+            assert recorders[name].requests == [], f"{name} was probed: {recorders[name].requests}"
+    finally:
+        for recorder in recorders.values():
+            recorder.close()
