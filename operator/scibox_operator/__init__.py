@@ -1,7 +1,6 @@
-"""SciBox vLLM operator: reconciles VLLMDeployment resources into vLLM model servers."""
+"""SciBox vLLM operator: reconciles VLLMDeployment resources into vLLM model servers.
 
-GROUP = "scibox.io"
-VERSION = "v1alpha1"
-PLURAL = "vllmdeployments"
-KIND = "VLLMDeployment"
-FIELD_MANAGER = "scibox-vllm-operator"
+Layers (import contracts in pyproject.toml): api, planning, render, engine are pure; reconcile
+composes them with runtime (API client, store, queue) and readiness (the HTTP probe); handlers
+is the kopf wiring, cli the entry point.
+"""

@@ -20,9 +20,9 @@ def render_manifests(body: dict[str, Any], *, config: dict | None = None, gpu_la
     """Everything the operator would create for `body`, without a cluster (GitOps previews): the
     controller's own `desired()`, first while the model downloads, then once it is cached."""
     from .reconcile.desired import Observed, desired
-    from .serving import GpuNode, decide_serving_plan
-    from .spec import parse
-    from .status import CacheState
+    from scibox_operator.planning.serving_plan import GpuNode, decide_serving_plan
+    from scibox_operator.api.spec import parse
+    from scibox_operator.reconcile.status import CacheState
 
     vd = parse(body)
     nodes = [GpuNode("node", tuple(sorted((gpu_labels or {}).items())), gpus_per_node)] if gpu_labels else []
@@ -42,8 +42,8 @@ def render_manifests(body: dict[str, Any], *, config: dict | None = None, gpu_la
 def _run(args: argparse.Namespace) -> int:
     import kopf
 
-    from . import main  # noqa: F401  (registers the handlers)
-    from .kube import WATCH_NAMESPACES_ENV
+    from scibox_operator import handlers  # noqa: F401  (registers the handlers
+    from scibox_operator.runtime.kube import WATCH_NAMESPACES_ENV
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -58,8 +58,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from .serving import PlanFailure
-    from .spec import InvalidSpec
+    from scibox_operator.planning.serving_plan import PlanFailure
+    from scibox_operator.api.spec import InvalidSpec
 
     body = yaml.safe_load(Path(args.file).read_text())
     body.setdefault("metadata", {}).setdefault("namespace", args.namespace)

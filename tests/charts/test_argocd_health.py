@@ -1,6 +1,6 @@
 """manifests/argocd/health.lua run by real Lua interpreters (Debian's Lua 5.1, and gopher-lua,
 the one inside Argo CD) on statuses the operator itself computes
-(scibox_operator.status.compute_status, probe.summarize_readiness): a change in the operator's
+(scibox_operator.reconcile.status.compute_status, probe.summarize_readiness): a change in the operator's
 phases, reasons or messages that the health check misreads fails here."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def body(replicas: int = 1, generation: int = 1) -> dict:
 
 
 def plan():
-    from scibox_operator.serving import ServingPlan
+    from scibox_operator.planning.serving_plan import ServingPlan
 
     return ServingPlan(tensor_parallel_size=1, pipeline_parallel_size=1, gpus_per_replica=1,
                        parallelism_reason="fits one GPU", cache_claim="m-cache", cache_shared=False,
@@ -38,7 +38,7 @@ def plan():
 
 
 def probe(reason: str, url: str = "http://127.100.0.1:8000"):
-    from scibox_operator.probe import ProbeReason, ProbeResult
+    from scibox_operator.readiness.probe import ProbeReason, ProbeResult
 
     r = ProbeReason(reason)
     return ProbeResult(ready=r is ProbeReason.SERVING, reason=r, message=f"{url}: {reason}", latency_s=0.01,
@@ -46,8 +46,8 @@ def probe(reason: str, url: str = "http://127.100.0.1:8000"):
 
 
 def with_status(replicas: int = 1, *, generation: int = 1, **kwargs) -> dict:
-    from scibox_operator.spec import parse
-    from scibox_operator.status import compute_status
+    from scibox_operator.api.spec import parse
+    from scibox_operator.reconcile.status import compute_status
 
     obj = body(replicas, generation)
     obj["status"] = compute_status(parse(obj), current=None, now=NOW, **kwargs)
@@ -56,8 +56,8 @@ def with_status(replicas: int = 1, *, generation: int = 1, **kwargs) -> dict:
 
 def deployed(replicas: int, reasons: list[str], *, updated: int | None = None) -> dict:
     """`updated`: replicas on the current template (all of them unless a rollout is under way)."""
-    from scibox_operator.probe import summarize_readiness
-    from scibox_operator.status import CacheState
+    from scibox_operator.readiness.probe import summarize_readiness
+    from scibox_operator.reconcile.status import CacheState
 
     results = [probe(r, f"http://127.100.0.{i}:8000") for i, r in enumerate(reasons)]
     updated = replicas if updated is None else updated
@@ -69,13 +69,13 @@ def deployed(replicas: int, reasons: list[str], *, updated: int | None = None) -
 
 
 def cache(**state) -> dict:
-    from scibox_operator.status import CacheState
+    from scibox_operator.reconcile.status import CacheState
 
     return with_status(plan=plan(), cache=CacheState(**state))
 
 
 def failed(reason: str) -> dict:
-    from scibox_operator.status import Failure
+    from scibox_operator.reconcile.status import Failure
 
     return with_status(failure=Failure(reason, f"{reason}: explained"))
 

@@ -22,7 +22,7 @@ def _group(api_version_group: str) -> str:
 
 
 def test_every_child_kind_the_operator_renders_is_granted():
-    from scibox_operator import main
+    from scibox_operator import handlers as main
 
     rules = rules_by_resource(find(template(), "ClusterRole"))
     for kind, (group, _version, plural) in main.CHILD_RESOURCES.items():
@@ -33,7 +33,7 @@ def test_every_child_kind_the_operator_renders_is_granted():
 def test_every_resource_kopf_watches_may_be_listed_and_watched():
     import kopf
 
-    from scibox_operator import main  # noqa: F401  (registers the handlers)
+    from scibox_operator import handlers as main  # noqa: F401  (registers the handlers
 
     # kopf keeps event handlers in its default registry; `_watching` is where on.event ones live.
     handlers = kopf.get_default_registry()._watching.get_all_handlers()
@@ -45,7 +45,7 @@ def test_every_resource_kopf_watches_may_be_listed_and_watched():
 
 
 def test_every_kind_the_controller_deletes_may_be_deleted():
-    from scibox_operator import main
+    from scibox_operator import handlers as main
     from scibox_operator.reconcile.desired import REMOVABLE_KINDS
 
     rules = rules_by_resource(find(template(), "ClusterRole"))
@@ -59,7 +59,7 @@ def test_every_kind_the_controller_deletes_may_be_deleted():
 
 def test_model_network_policies_let_the_charts_operator_pods_in():
     from scibox_operator.render.network_policy import render_network_policy
-    from scibox_operator.spec import parse
+    from scibox_operator.api.spec import parse
 
     vd = parse({"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment",
                 "metadata": {"name": "m", "namespace": "team", "uid": "u", "generation": 1},
@@ -96,10 +96,10 @@ def test_every_setting_the_chart_sets_is_read_by_the_operator():
 
 
 def read_kinds(source: str) -> set[str]:
-    """Kinds controller.py GETs by name: `client.get("Kind", ...)`, and the LeaderWorkerSet that
+    """Kinds the reconcile GETs by name: `client.get("Kind", ...)`, and the LeaderWorkerSet that
     `_read_fresh` reads on each pass of a multi-node object (its only caller)."""
-    from scibox_operator.controller import CHILD_KINDS
-    from scibox_operator.kube import KINDS
+    from scibox_operator.runtime.store import CHILD_KINDS
+    from scibox_operator.runtime.kube import KINDS
 
     read: set[str] = set()
     for node in ast.walk(ast.parse(source)):
@@ -119,10 +119,13 @@ def read_kinds(source: str) -> set[str]:
 def test_every_kind_the_controller_gets_by_name_may_be_read():
     """issue 18: the chart lacked get on leaderworkersets, so multi-node status was never written
     under the chart's ServiceAccount."""
-    from scibox_operator import main
-    from scibox_operator.kube import KINDS
+    from scibox_operator import handlers as main
+    from scibox_operator.runtime.kube import KINDS
 
-    read = read_kinds((ROOT / "operator" / "scibox_operator" / "controller.py").read_text())
+    package = ROOT / "operator" / "scibox_operator"
+    read = set()
+    for module in ("reconcile/reconciler.py", "reconcile/apply.py", "runtime/secrets.py", "runtime/sync.py"):
+        read |= read_kinds((package / module).read_text())
     assert {"Secret", "LeaderWorkerSet", "Service", "PersistentVolumeClaim"} <= read, f"the scan is stale: {read}"
     rules = rules_by_resource(find(template(), "ClusterRole"))
     for kind in sorted(read):
@@ -133,7 +136,7 @@ def test_every_kind_the_controller_gets_by_name_may_be_read():
 
 
 def test_the_owner_chain_kinds_the_operator_watches_are_granted():
-    from scibox_operator import main
+    from scibox_operator import handlers as main
 
     rules = rules_by_resource(find(template(), "ClusterRole"))
     for kind, ((group, _version, plural), _labels) in main.OWNER_CHAIN_RESOURCES.items():

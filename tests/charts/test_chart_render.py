@@ -256,7 +256,7 @@ def test_allowlists_and_the_monitoring_namespace_reach_the_environment():
 
 def test_the_charts_allowlist_is_the_one_the_operator_accepts():
     """Values the schema admits build an AdminPolicy; what it refuses the operator would too."""
-    from scibox_operator.policy import AdminPolicy, PolicyError
+    from scibox_operator.reconcile.policy import AdminPolicy, PolicyError
 
     env = env_of(template({"security": {"hubEndpoints": ["https://huggingface.co", "http://[::1]:8080/"]}}))
     settings = type("S", (), {"hub_endpoint": env["SCIBOX_HUB_ENDPOINT"], "vllm_image": "ghcr.io/scibox/vllm:1",

@@ -164,8 +164,8 @@ def test_egress_guard(url, bad):
 def _rendered():
     from scibox_operator.render.cache import render_download_job
     from scibox_operator.render.deployment import render_deployment
-    from scibox_operator.serving import decide_serving_plan
-    from scibox_operator.spec import parse
+    from scibox_operator.planning.serving_plan import decide_serving_plan
+    from scibox_operator.api.spec import parse
 
     vd = parse({"metadata": {"name": "tiny", "namespace": "ns", "uid": "u", "generation": 1}, "spec": {
         "model": {"name": "scibox/tiny-llama", "dtype": "bfloat16", "maxModelLen": 256},

@@ -14,8 +14,8 @@ import time
 import kopf
 import pytest
 
-from scibox_operator.kube import KubeClient
-from scibox_operator.leader import LeaderElector, Timing
+from scibox_operator.runtime.kube import KubeClient
+from scibox_operator.runtime.leader import LeaderElector, Timing
 
 from .lease_api import LeaseApi
 

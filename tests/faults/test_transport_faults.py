@@ -14,8 +14,8 @@ import asyncio
 import kopf
 import pytest
 
-from scibox_operator.kube import ApiError, KubeClient
-from scibox_operator.leader import LeaderElector, Timing
+from scibox_operator.runtime.kube import ApiError, KubeClient
+from scibox_operator.runtime.leader import LeaderElector, Timing
 
 TRANSIENT = (ApiError, OSError, asyncio.TimeoutError)
 

@@ -10,7 +10,7 @@ import random
 import pytest
 import yaml
 
-from scibox_operator.serving import DEFAULT_VLLM_IMAGE
+from scibox_operator.planning.serving_plan import DEFAULT_VLLM_IMAGE
 
 from .convergence_model import differences
 from .kubehelp import condition, get, wait_for

@@ -1,4 +1,4 @@
-from scibox_operator.diff import contains, needs_apply
+from scibox_operator.reconcile.diff import contains, needs_apply
 
 
 def test_server_defaults_and_foreign_fields_do_not_count_as_drift():

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import weakref
 
-from scibox_operator.hub import HubClient, HubError
+from scibox_operator.runtime.hub import HubClient, HubError
 from tests.fixtures.hub import TINY_REPO
 from tests.waiting import wait_for
 

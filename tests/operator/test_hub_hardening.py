@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import pytest
 from aiohttp import web
 
-from scibox_operator.hub import MAX_METADATA_BYTES, MIB, HubClient, HubError, quote_repo
+from scibox_operator.runtime.hub import MAX_METADATA_BYTES, MIB, HubClient, HubError, quote_repo
 
 CONFIG = {"model_type": "llama", "hidden_size": 64}
 # Repo org -> the status the hostile hub answers with (the names carry no digits, so a code in a

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scibox_operator.ownership import owned_by
+from scibox_operator.readiness.ownership import owned_by
 
 from .kubehelp import apply, condition, get, owner_chain_lookup, wait_for
 

@@ -1,4 +1,4 @@
-"""Readiness probing (scibox_operator.probe) against the real vLLM CPU server, plus pure unit tests.
+"""Readiness probing (scibox_operator.readiness.probe) against the real vLLM CPU server, plus pure unit tests.
 
 Cold starts are the cost here (about a minute each on 2 cores), so the module uses:
   1. the session's shared server (healthy, wrong model name, metrics);
@@ -26,20 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scibox_operator.probe import (
-    ProbeReason,
-    ProbeResult,
-    classify_completion,
-    classify_health,
-    classify_models,
-    condition_changed,
-    make_condition,
-    probe_endpoint,
-    probe_endpoints,
-    ready_condition,
-    set_condition,
-    summarize_readiness,
-)
+from scibox_operator.readiness.probe import (ProbeReason, ProbeResult, classify_completion, classify_health, classify_models, condition_changed, make_condition, probe_endpoint, probe_endpoints, ready_condition, set_condition, summarize_readiness)
 from tests.fixtures.vllm import VLLMServer, free_port
 
 API_KEY = "scibox-test-key"

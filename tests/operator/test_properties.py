@@ -35,8 +35,8 @@ from scibox_operator.render.leaderworkerset import render_leader_worker_set
 from scibox_operator.render.monitoring import render_service_monitor
 from scibox_operator.render.network_policy import render_network_policy
 from scibox_operator.render.service import render_service
-from scibox_operator.serving import GpuNode, PlanFailure, decide_serving_plan
-from scibox_operator.spec import InvalidSpec, parse
+from scibox_operator.planning.serving_plan import GpuNode, PlanFailure, decide_serving_plan
+from scibox_operator.api.spec import InvalidSpec, parse
 
 PROPERTY_SETTINGS = settings(max_examples=300, deadline=None,
                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from scibox_operator.spec import VLLMDeploymentSpec
+from scibox_operator.api.spec import VLLMDeploymentSpec
 
 CRD = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "scibox.io_vllmdeployments.yaml").read_text())
 SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-from scibox_operator.probe import summarize_readiness
-from scibox_operator.serving import ServingPlan
-from scibox_operator.spec import parse
-from scibox_operator.status import CacheState, Failure, compute_status, download_report, status_differs
+from scibox_operator.readiness.probe import summarize_readiness
+from scibox_operator.planning.serving_plan import ServingPlan
+from scibox_operator.api.spec import parse
+from scibox_operator.reconcile.status import CacheState, Failure, compute_status, download_report, status_differs
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 VD = parse({"metadata": {"name": "m", "namespace": "n", "uid": "u", "generation": 2},
@@ -79,7 +79,7 @@ def _workload(generation=2, seen=2, replicas=2, updated=2, ready=2, conditions=N
 
 
 def test_up_to_date_only_when_every_replica_runs_the_current_template_and_is_ready():
-    from scibox_operator.status import rollout_condition
+    from scibox_operator.reconcile.status import rollout_condition
 
     assert rollout_condition(2, _workload(), True)[0] == "True"
     assert rollout_condition(2, _workload(), False)[1] == "WaitingForModelCache"

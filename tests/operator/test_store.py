@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scibox_operator.controller import Store
+from scibox_operator.runtime.store import Store
 
 
 def body(name: str, version: str, model: str = "scibox/tiny-llama") -> dict:

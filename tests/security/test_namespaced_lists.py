@@ -8,8 +8,9 @@ import asyncio
 
 from aiohttp import web
 
-from scibox_operator.controller import Controller, Settings
-from scibox_operator.kube import KINDS, KubeClient, list_objects, list_paths, watched_namespaces
+from scibox_operator.reconcile.reconciler import Controller
+from scibox_operator.config import Settings
+from scibox_operator.runtime.kube import KINDS, KubeClient, list_objects, list_paths, watched_namespaces
 
 from .test_reconcile_policy import Credentials, Recorder, serving
 
@@ -65,9 +66,9 @@ def test_priming_and_relisting_of_a_namespaced_operator_never_list_cluster_wide(
         async with serving(api):
             controller = Controller(KubeClient(lambda: Credentials(api.url)), Settings(workers=1))
             try:
-                await controller.prime()
-                await controller.relist_vllmdeployments()
-                await controller.relist_children()
+                await controller.sync.prime()
+                await controller.sync.relist_vllmdeployments()
+                await controller.sync.relist_children()
                 return controller
             finally:
                 await controller.hub.close()

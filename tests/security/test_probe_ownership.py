@@ -12,11 +12,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from scibox_operator.controller import Controller, Settings
-from scibox_operator.kube import KubeClient
-from scibox_operator.controller import pod_summary
-from scibox_operator.ownership import CHAINS, on_pod_network, owned_by, owner_summary, pod_is_ours
-from scibox_operator.prober import Prober
+from scibox_operator.reconcile.reconciler import Controller
+from scibox_operator.config import Settings
+from scibox_operator.runtime.kube import KubeClient
+from scibox_operator.runtime.store import pod_summary
+from scibox_operator.readiness.ownership import CHAINS, on_pod_network, owned_by, owner_summary, pod_is_ours
+from scibox_operator.readiness.prober import Prober
 from scibox_operator.render.deployment import CONTAINER_PORT
 from scibox_operator.render.service import LEADER_INDEX_LABEL
 
@@ -197,7 +198,7 @@ def test_the_prober_sends_the_key_only_to_the_pod_of_our_replica_set(monkeypatch
                       server_pod("on-node-ip", node, rs, host_ip=node)):
                 store.put_pod(p)
             # The API key as the controller's Secret cache holds it (no API server here).
-            controller._secret_cache[(NS, "key", "api-key")] = (time.monotonic(), API_KEY)
+            controller.secrets._cache[(NS, "key", "api-key")] = (time.monotonic(), API_KEY)
             prober = Prober(controller)
             prober._session = aiohttp.ClientSession()
             try:
@@ -237,7 +238,7 @@ def test_a_multi_node_leader_is_probed_through_its_stateful_set_and_workers_neve
             store.put_pod(server_pod("m-group-0-1", worker, ref("StatefulSet", "m-group-0", "w-uid"),
                                      leader_index="1"))
             store.put_pod(server_pod("fake-0", fake_leader, leader_index="0"))
-            controller._secret_cache[(NS, "key", "api-key")] = (time.monotonic(), API_KEY)
+            controller.secrets._cache[(NS, "key", "api-key")] = (time.monotonic(), API_KEY)
             prober = Prober(controller)
             prober._session = aiohttp.ClientSession()
             try:
@@ -256,7 +257,7 @@ def test_a_multi_node_leader_is_probed_through_its_stateful_set_and_workers_neve
 
 def test_a_huge_model_list_is_not_read_whole_and_not_echoed(monkeypatch):
     """probe.py reads at most 1 MiB of an answer and puts none of it in the message."""
-    from scibox_operator.probe import probe_endpoint
+    from scibox_operator.readiness.probe import probe_endpoint
 
     address = f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.30"
 

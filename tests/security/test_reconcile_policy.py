@@ -16,8 +16,9 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from scibox_operator.controller import Controller, Settings
-from scibox_operator.kube import KubeClient
+from scibox_operator.reconcile.reconciler import Controller
+from scibox_operator.config import Settings
+from scibox_operator.runtime.kube import KubeClient
 
 NS, TOKEN = "team", "hf_secret_token"
 

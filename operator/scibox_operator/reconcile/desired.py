@@ -10,17 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from ..diff import needs_apply, stamped
+from scibox_operator.reconcile.diff import needs_apply, stamped
 from ..render.cache import render_cache_pvc, render_download_job, download_job_name
 from ..render.deployment import render_deployment
 from ..render.leaderworkerset import INSTALL_HINT, leader_worker_set_name, render_leader_worker_set
 from ..render.monitoring import render_service_monitor
 from ..render.network_policy import render_network_policy
 from ..render.service import render_service
-from ..serving import DEFAULT_VLLM_IMAGE, ServingPlan
-from ..spec import VLLMDeployment
-from ..status import CacheState, Failure
-from .quantity import parse_quantity
+from scibox_operator.planning.serving_plan import DEFAULT_VLLM_IMAGE, ServingPlan
+from scibox_operator.api.spec import VLLMDeployment
+from scibox_operator.reconcile.status import CacheState, Failure
+from scibox_operator.api.quantity import parse_quantity
 
 ChildKey = tuple[str, str]  # (kind, name); the namespace is the VLLMDeployment's
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from ..serving import ServingPlan, cache_claim_name
-from ..spec import VLLMDeployment, short_hash
+from scibox_operator.planning.serving_plan import ServingPlan, cache_claim_name
+from scibox_operator.api.spec import VLLMDeployment, short_hash
 
 
 def plan_inputs(vd: VLLMDeployment) -> str:

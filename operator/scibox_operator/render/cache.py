@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..engine_args import DOWNLOAD_EXIT_CODES
-from ..serving import MODELS_MOUNT, ServingPlan
-from ..spec import VLLMDeployment
+from scibox_operator.planning.serving_plan import MODELS_MOUNT, ServingPlan
+from scibox_operator.api.spec import VLLMDeployment
 from .common import (CACHE, CACHE_LABEL, DOWNLOAD, OWNER_NAME_LABEL, container_security_context, labels,
                      pod_security_context)
 

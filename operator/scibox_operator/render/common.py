@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import FIELD_MANAGER
-from ..spec import VLLMDeployment
+from scibox_operator.api.names import FIELD_MANAGER
+from scibox_operator.api.spec import VLLMDeployment
 
 MANAGED_BY = FIELD_MANAGER
 INSTANCE_LABEL = "app.kubernetes.io/instance"

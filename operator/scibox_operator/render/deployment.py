@@ -6,8 +6,8 @@ import copy
 from typing import Any
 
 from ..engine_args import EngineSettings, render_vllm_args
-from ..serving import GIB, MODELS_MOUNT, ServingPlan, model_dir
-from ..spec import VLLMDeployment
+from scibox_operator.planning.serving_plan import GIB, MODELS_MOUNT, ServingPlan, model_dir
+from scibox_operator.api.spec import VLLMDeployment
 from .common import SERVER, container_security_context, metadata, pod_security_context, selector_labels
 
 CONTAINER_PORT = 8000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import VLLMDeployment
+from scibox_operator.api.spec import VLLMDeployment
 from .common import SERVER, metadata, selector_labels
 
 

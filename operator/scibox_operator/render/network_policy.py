@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..spec import VLLMDeployment
+from scibox_operator.api.spec import VLLMDeployment
 from .common import SERVER, metadata, selector_labels
 from .deployment import CONTAINER_PORT
 

@@ -13,8 +13,8 @@ import pytest
 
 from scibox_operator.render.deployment import GIB, render_deployment
 from scibox_operator.render.leaderworkerset import render_leader_worker_set
-from scibox_operator.serving import ServingPlan, cache_claim_name, decide_serving_plan
-from scibox_operator.spec import parse
+from scibox_operator.planning.serving_plan import ServingPlan, cache_claim_name, decide_serving_plan
+from scibox_operator.api.spec import parse
 
 from .test_renderers import body
 
@@ -93,7 +93,7 @@ def test_decide_serving_plan_gives_each_pod_its_share_of_the_checkpoint():
 
 
 def test_pipeline_stages_on_two_nodes_split_the_weights_between_the_pods():
-    from scibox_operator.serving import GpuNode
+    from scibox_operator.planning.serving_plan import GpuNode
 
     nodes = [GpuNode(f"n{i}", (("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3"),), 8) for i in range(2)]
     vd = parse(body(parallelism={"tensorParallelSize": 8, "pipelineParallelSize": 2}))

@@ -10,9 +10,9 @@ import math
 import os
 from dataclasses import dataclass
 
-from . import release
-from .engine_args import model_cache_path
-from .spec import VLLMDeployment, dns_name, short_hash
+from scibox_operator import release
+from scibox_operator.engine_args import model_cache_path
+from scibox_operator.api.spec import VLLMDeployment, dns_name, short_hash
 
 MODELS_MOUNT = "/models"
 # Built from images/vllm/Dockerfile (vLLM's official image plus the download and health scripts)
@@ -151,7 +151,7 @@ def matching_gpu_nodes(vd: VLLMDeployment, nodes: list[GpuNode]) -> list[GpuNode
 def decide_serving_plan(vd: VLLMDeployment, *, config: dict | None, safetensors_index: dict | None,
                         nodes: list[GpuNode], cache_shared: bool, image: str = DEFAULT_VLLM_IMAGE) -> ServingPlan:
     """Parallelism and cache sizing for one VLLMDeployment, or PlanFailure with a reason."""
-    from . import planning  # imported lazily: planning is pure but large
+    from scibox_operator import planning  # imported lazily: planning is pure but large
 
     spec = vd.spec
     tp_in, pp_in = spec.parallelism.tensor_parallel_size, spec.parallelism.pipeline_parallel_size
@@ -248,7 +248,7 @@ def _nodes_for(tp: int, pp: int, gpus_per_node: int) -> int:
 def _gpu_type(vd: VLLMDeployment, candidates: list[GpuNode]):
     """The GPU the plan assumes: the one the spec asks for, else the most common GPU among
     matching nodes (ties broken by product name, so the choice is deterministic)."""
-    from . import planning
+    from scibox_operator import planning
 
     if vd.spec.resources.gpu_product:
         try:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from . import FIELD_MANAGER
+from scibox_operator.api.names import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
 

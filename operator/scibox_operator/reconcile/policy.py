@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from .spec import VLLMDeployment
+from scibox_operator.api.spec import VLLMDeployment
 
 ALLOWED_HUB_ENDPOINTS_ENV = "SCIBOX_ALLOWED_HUB_ENDPOINTS"
 ALLOWED_IMAGE_PREFIXES_ENV = "SCIBOX_ALLOWED_IMAGE_PREFIXES"

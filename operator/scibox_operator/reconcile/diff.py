@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import Any
 
-from .render.common import CACHE_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from scibox_operator.render.common import CACHE_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
 RENDER_HASH_ANNOTATION = "scibox.io/render-hash"
 # Cache claims and download Jobs are shared by every VLLMDeployment of a model and a Retain claim

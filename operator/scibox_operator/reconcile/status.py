@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .probe import ReadinessSummary, make_condition, summarize_readiness
-from .serving import ServingPlan
-from .spec import VLLMDeployment
+from scibox_operator.readiness.probe import ReadinessSummary, make_condition, summarize_readiness
+from scibox_operator.planning.serving_plan import ServingPlan
+from scibox_operator.api.spec import VLLMDeployment
 
 
 @dataclass(frozen=True)

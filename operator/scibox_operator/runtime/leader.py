@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
-from .kube import ApiError, KubeClient
+from scibox_operator.runtime.kube import ApiError, KubeClient
 
 log = logging.getLogger(__name__)
 

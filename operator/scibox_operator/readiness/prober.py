@@ -15,13 +15,14 @@ from typing import Any
 
 import aiohttp
 
-from . import metrics
-from .controller import Controller, Key
-from .ownership import pod_is_ours
-from .probe import ProbeReason, ProbeResult, probe_endpoint, summarize_readiness
-from .render.deployment import CONTAINER_PORT
-from .render.service import LEADER_INDEX_LABEL
-from .spec import InvalidSpec, parse
+from scibox_operator import metrics
+from scibox_operator.reconcile.reconciler import Controller
+from scibox_operator.runtime.store import Key
+from scibox_operator.readiness.ownership import pod_is_ours
+from scibox_operator.readiness.probe import ProbeReason, ProbeResult, probe_endpoint, summarize_readiness
+from scibox_operator.render.deployment import CONTAINER_PORT
+from scibox_operator.render.service import LEADER_INDEX_LABEL
+from scibox_operator.api.spec import InvalidSpec, parse
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class Prober:
         api_key = None
         if vd.spec.auth.api_key_secret_ref is not None:
             try:
-                api_key = await self.controller._secret_value(vd.namespace, vd.spec.auth.api_key_secret_ref)
+                api_key = await self.controller.secrets.value(vd.namespace, vd.spec.auth.api_key_secret_ref)
             except Exception as exc:  # the probe then reports Unauthorized, which says it all
                 log.info("API key of %s/%s unreadable: %s", *key, exc)
         results: list[ProbeResult] = []

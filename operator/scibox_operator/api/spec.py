@@ -14,7 +14,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .engine_args import model_cache_path, validate_env, validate_extra_args
+from scibox_operator.engine_args import model_cache_path, validate_env, validate_extra_args
 
 Auto = Literal["auto"]
 

@@ -1,6 +1,6 @@
 """kopf handlers: thin. Watch events feed the controller's store and mark owners dirty.
 
-Run with `kopf run -m scibox_operator.main --all-namespaces` (or `scibox-operator run`).
+Run with `kopf run -m scibox_operator.handlers --all-namespaces` (or `scibox-operator run`).
 Settings come from the environment (see README: SCIBOX_*).
 """
 
@@ -11,16 +11,19 @@ from typing import Any
 
 import kopf
 
-from . import GROUP, PLURAL, VERSION, metrics
-from .controller import (CHILD_KINDS, WATCHED_CRDS, Controller, Settings, _trim, crd_established,
-                         storage_class_summary)
-from .kube import KINDS, KubeClient
-from .leader import LeaderElector, Timing
-from .ownership import owner_summary
-from .policy import PolicyError
-from .prober import Prober
-from .render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, SERVER
-from .serving import gpu_node_from_body
+from scibox_operator.api.names import GROUP, PLURAL, VERSION
+from scibox_operator import metrics
+from scibox_operator.runtime.store import CHILD_KINDS, trim, crd_established, storage_class_summary
+from scibox_operator.api.names import WATCHED_CRDS
+from scibox_operator.reconcile.reconciler import Controller
+from scibox_operator.config import Settings
+from scibox_operator.runtime.kube import KINDS, KubeClient
+from scibox_operator.runtime.leader import LeaderElector, Timing
+from scibox_operator.readiness.ownership import owner_summary
+from scibox_operator.reconcile.policy import PolicyError
+from scibox_operator.readiness.prober import Prober
+from scibox_operator.render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, SERVER
+from scibox_operator.planning.serving_plan import gpu_node_from_body
 
 # group, version, plural of each kind the operator renders (and so watches), from the one kind table
 CHILD_RESOURCES = {kind: (KINDS[kind].group, KINDS[kind].version, KINDS[kind].plural) for kind in CHILD_KINDS}
@@ -69,14 +72,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 330
     client = KubeClient(lambda: _credentials(settings), on_request=metrics.record_request)
     try:
-        controller = Controller(client, Settings())
+        controller = Controller(client, Settings.from_env())
     except PolicyError as exc:  # the administrator's settings: no retry can fix them
         raise kopf.PermanentError(f"refusing to start: {exc}") from None
     memo.controller = controller
     # before the first watch event: Jobs that finished before this moment are not counted
     memo.downloads = metrics.DownloadRecorder()
     metrics.register_state_collector(controller.store, controller.queue)
-    await controller.prime()
+    await controller.sync.prime()
     controller.start()
     memo.prober = Prober(controller)
     memo.prober.start()
@@ -164,7 +167,7 @@ async def server_pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Me
     if event["type"] == "DELETED":
         controller.store.drop_pod(body.metadata.namespace, body.metadata.name)
     else:
-        controller.observe_pod(body)
+        controller.sync.observe_pod(body)
 
 
 @kopf.on.event("", "v1", "pods", labels={**OURS, "app.kubernetes.io/component": DOWNLOAD})
@@ -175,7 +178,7 @@ async def download_pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.
     memo.downloads.pod_event(event["type"], body)
     if event["type"] == "DELETED":
         controller.store.drop_pod(body.metadata.namespace, body.metadata.name)
-    elif controller.observe_pod(body):
+    elif controller.sync.observe_pod(body):
         controller.enqueue(controller.store.owners_of(body))
 
 

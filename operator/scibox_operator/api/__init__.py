@@ -1,0 +1,1 @@
+"""The API the operator serves: the typed spec, its names and literals, conditions (pure)."""

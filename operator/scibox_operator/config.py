@@ -1,0 +1,39 @@
+"""Every SCIBOX_* setting of the operator process, read once at start-up (Settings.from_env())."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+from scibox_operator.planning.serving_plan import DEFAULT_VLLM_IMAGE
+
+DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class Settings:
+    workers: int = 16
+    resync_seconds: float = 600.0
+    vllm_image: str = DEFAULT_VLLM_IMAGE
+    hub_endpoint: str = DEFAULT_HUB_ENDPOINT
+    forbid_trust_remote_code: bool = False
+    max_backoff: float = 300.0
+    # API keys and hub tokens are re-read this often, so a rotated Secret is picked up.
+    secret_ttl: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        return cls(
+            workers=int(env.get("SCIBOX_WORKERS", "16")),
+            resync_seconds=float(env.get("SCIBOX_RESYNC_SECONDS", "600")),
+            vllm_image=env.get("SCIBOX_VLLM_IMAGE") or DEFAULT_VLLM_IMAGE,
+            hub_endpoint=env.get("SCIBOX_HUB_ENDPOINT", DEFAULT_HUB_ENDPOINT),
+            forbid_trust_remote_code=_flag(env.get("SCIBOX_FORBID_TRUST_REMOTE_CODE", "")),
+            secret_ttl=float(env.get("SCIBOX_SECRET_TTL_SECONDS", "60")),
+        )

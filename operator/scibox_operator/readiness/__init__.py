@@ -1,0 +1,1 @@
+"""Readiness measured against the servers themselves: verdicts (pure), the HTTP probe, the prober."""
