@@ -3,7 +3,7 @@
 #   - a virtualenv (outside the repo, cached) with the operator, its test tools and a vLLM CPU build
 #   - Debian's prometheus
 #   - the local cluster's binaries and the test tools (actionlint, tools/kindcheck) compiled from
-#     the Go module proxy (tests/cluster/build.py)
+#     the Go module proxy (tools/localcluster/build.py)
 # A second run only checks stamps and does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +57,6 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v lua5.1 >/dev/null 2>&
 fi
 
 # --- Local cluster binaries and Go test tools (cached by version / source hash) ----
-"$VENV/bin/python" -m tests.cluster.build >&2
+"$VENV/bin/python" -m tools.localcluster.build >&2
 
 log "ready: $VENV/bin/python"

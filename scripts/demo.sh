@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README command one: set everything up (scripts/bootstrap.sh), then the demo (scripts/demo.py):
+# README command one: set everything up (scripts/bootstrap.sh), then the demo (tools/demo.py):
 # a local cluster whose node real-node-0 runs pods as real processes, the operator, a local hub
 # mirror with a tiny model, and a VLLMDeployment that becomes an OpenAI endpoint answering a
 # completion. The demo stays up afterwards; `scripts/demo.sh --down` stops all of it, and
@@ -10,4 +10,4 @@ VENV=${SCIBOX_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/scibox/venv}
 if [ "${1:-}" != "--down" ]; then
   scripts/bootstrap.sh
 fi
-exec "$VENV/bin/python" scripts/demo.py "$@"
+exec "$VENV/bin/python" tools/demo.py "$@"

@@ -28,7 +28,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.cluster import Cluster, NodeShape  # noqa: E402
+from tools.localcluster import Cluster, NodeShape  # noqa: E402
 from tests.fixtures.operator import OperatorProcess  # noqa: E402
 from tests.operator.kubehelp import request_counts  # noqa: E402
 

@@ -19,7 +19,7 @@ import yaml
 
 @pytest.fixture(scope="session")
 def chart_cluster():
-    from tests.cluster import Cluster
+    from tools.localcluster import Cluster
 
     handle = Cluster(name=os.environ.get("SCIBOX_CHARTS_CLUSTER_NAME", "scibox-charts"))
     handle.start(register=True)

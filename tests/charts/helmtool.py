@@ -1,4 +1,4 @@
-"""The real helm binary (built by tests/cluster) run on the chart, with an empty HOME so no
+"""The real helm binary (built by tools/localcluster) run on the chart, with an empty HOME so no
 user repositories, plugins or caches take part."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from tests.cluster import versions
+from tools.localcluster import versions
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "scibox-vllm-operator"
@@ -18,7 +18,7 @@ KUBE_VERSION = versions.KUBERNETES.lstrip("v")  # what the local cluster runs
 
 
 def helm_binary() -> Path:
-    from tests.cluster import build
+    from tools.localcluster import build
 
     return build.binary("helm")
 

@@ -350,18 +350,17 @@ def test_rendering_is_deterministic():
 def test_chart_crds_are_the_crds_of_record():
     ours = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
     record = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
-    assert ours == record, "run: python scripts/render_manifests.py"
+    assert ours == record, "run: python tools/render_manifests.py"
 
 
 def test_manifests_install_is_generated_from_the_chart():
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_manifests.py"), "--check"],
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "render_manifests.py"), "--check"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
 
 
 def test_drift_check_notices_a_hand_edit(monkeypatch):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import render_manifests
+    from tools import render_manifests
 
     rendered = render_manifests.render(render_manifests.helm_binary())
     operator_yaml = render_manifests.INSTALL / "operator.yaml"

@@ -1,7 +1,7 @@
 """End-to-end fixtures: a private local cluster whose node `real-node-0` runs pods for real.
 
 - `e2e_cluster` (session): a cluster of its own (name `e2e-<pid>`, stopped at the end) with one
-  real-runner node (tests/cluster/runner.py: fake GPUs, pods as local processes, pod IPs in
+  real-runner node (tools/localcluster/runner.py: fake GPUs, pods as local processes, pod IPs in
   127.200.0.0/16) and the VLLMDeployment CRD.
 - `e2e_operator` (session): the operator as a real process against it; model metadata from the
   local hub mirror (`hub_mirror`, which serves `scibox/tiny-llama`).
@@ -23,9 +23,9 @@ import pytest
 
 from tests.waiting import wait_for as poll
 
-from tests.cluster import Cluster
-from tests.cluster.nodes import REAL_RUNNER_TOLERATION, real_runner_node
-from tests.cluster.runner import marked_processes
+from tools.localcluster import Cluster
+from tools.localcluster.nodes import REAL_RUNNER_TOLERATION, real_runner_node
+from tools.localcluster.runner import marked_processes
 from tests.fixtures.operator import CRD, OperatorProcess
 
 REAL_NODE = "real-node-0"

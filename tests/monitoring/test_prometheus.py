@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitoring.dashboard import key_panel_titles
-from monitoring.queries import (alert_rules, finite_values, load_alerts, load_dashboard, panel_queries, substitute,
-                                variable_queries)
-from monitoring.scrape import (ALERTS, OPERATOR_JOB, VLLM_JOB, load_project_config, operator_target, vllm_target,
-                               with_static_targets)
+from tools.monitoring.dashboard import key_panel_titles
+from tools.monitoring.queries import (alert_rules, finite_values, load_alerts, load_dashboard, panel_queries, substitute,
+                                      variable_queries)
+from tools.monitoring.scrape import (ALERTS, OPERATOR_JOB, VLLM_JOB, load_project_config, operator_target, vllm_target,
+                                     with_static_targets)
 from tests.fixtures.prometheus import PrometheusError, PrometheusServer
 
 from .load import send_completions
@@ -233,7 +233,7 @@ def test_prometheus_loaded_and_evaluates_every_alert_rule(scraped):
 def test_render_dashboard_png(scraped):
     minutes = max(1.0, (time.time() - scraped.load_started) / 60 + 0.5)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "render_dashboard.py"), "--prometheus", scraped.prom.url,
+        [sys.executable, str(ROOT / "tools" / "render_dashboard.py"), "--prometheus", scraped.prom.url,
          "--out", str(PNG), "--minutes", f"{minutes:.2f}", "--step", "1", "--rate-interval", "10s",
          "--var", f"namespace={scraped.namespace}", "--var", f"deployment={VD_NAME}"],
         capture_output=True, text=True, timeout=300)

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitoring import dashboard as dashboard_source
-from monitoring.queries import (UnresolvedVariable, alert_rules, format_legend, load_alerts, load_dashboard,
-                                panel_queries, regex_value, substitute, variable_queries)
-from monitoring.scrape import (ALERTS, OPERATOR_JOB, PROJECT_CONFIG, VLLM_JOB, load_project_config,
-                               meta_label_name, operator_target, vllm_target, with_static_targets)
+from tools.monitoring import dashboard as dashboard_source
+from tools.monitoring.queries import (UnresolvedVariable, alert_rules, format_legend, load_alerts, load_dashboard,
+                                      panel_queries, regex_value, substitute, variable_queries)
+from tools.monitoring.scrape import (ALERTS, OPERATOR_JOB, PROJECT_CONFIG, VLLM_JOB, load_project_config,
+                                     meta_label_name, operator_target, vllm_target, with_static_targets)
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_NAMES = ROOT / "tests" / "fixtures" / "vllm_metric_names.txt"
@@ -53,7 +53,7 @@ def series_family(name: str, families: dict[str, str]) -> str | None:
 
 
 def test_committed_dashboard_is_generated_from_its_source():
-    assert dashboard_source.main(["--check"]) == 0, "run: python -m monitoring.dashboard"
+    assert dashboard_source.main(["--check"]) == 0, "run: python -m tools.monitoring.dashboard"
 
 
 def test_dashboard_json_is_deterministic():

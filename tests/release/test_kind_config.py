@@ -24,7 +24,7 @@ SAMPLE = ROOT / "manifests" / "samples" / "kind-cpu.yaml"
 
 
 def kindcheck(*paths: Path) -> subprocess.CompletedProcess:
-    from tests.cluster import build
+    from tools.localcluster import build
 
     return subprocess.run([str(build.binary("kindcheck")), *map(str, paths)], capture_output=True, text=True,
                           timeout=60)

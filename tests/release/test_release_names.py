@@ -14,7 +14,7 @@ from importlib import metadata
 import pytest
 
 from scibox_operator import release
-from tests.cluster import versions
+from tools.localcluster import versions
 
 from .workflow import ROOT, load, pushed_images, resolve
 

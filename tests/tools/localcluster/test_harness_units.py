@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.cluster import local, nodes, pki, provisioner
+from tools.localcluster import local, nodes, pki, provisioner
 
 
 def test_client_certificate_carries_user_and_groups_and_chains_to_the_ca():
@@ -163,7 +163,7 @@ def test_down_refuses_to_remove_a_directory_that_is_not_a_cluster(tmp_path: Path
 
 
 def test_a_repository_go_tool_is_keyed_by_its_sources_only(tmp_path):
-    from tests.cluster import build
+    from tools.localcluster import build
 
     (tmp_path / "go.mod").write_text("module example.local/x\n\ngo 1.25.0\n")
     (tmp_path / "main.go").write_text("package main\n\nfunc main() {}\n")

@@ -52,7 +52,7 @@ Stopping the runner (SIGTERM) stops its pods' processes: it is the node. After a
 `kill_leftovers` (also run by the next runner and by `Cluster.down`) finds every process a
 runner started by the marker variables in its environment.
 
-Run: python -m tests.cluster.runner --state-dir DIR --node NAME [--gpus 2]
+Run: python -m tools.localcluster.runner --state-dir DIR --node NAME [--gpus 2]
      (or `Cluster.start_runner(node)`).
 """
 
@@ -82,7 +82,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from tests.vllm_cpu import SERVER_ENV
+from tools.localcluster.vllm_cpu import SERVER_ENV
 
 from .nodes import GPU_RESOURCE, H100_LABELS, NodeShape
 from .rest import ApiError, Rest
@@ -1520,7 +1520,7 @@ def parse_taint(text: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster.runner", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.localcluster.runner", description=__doc__.split("\n")[0])
     parser.add_argument("--state-dir", required=True, type=Path, help="the cluster's state dir")
     parser.add_argument("--node", required=True, help="the node this runner owns (registered if missing)")
     parser.add_argument("--gpus", type=int, default=2, help="fake nvidia.com/gpu capacity")

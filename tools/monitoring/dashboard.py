@@ -1,7 +1,7 @@
 """The Grafana dashboard for VLLMDeployments and the operator, generated as JSON.
 
-    python -m monitoring.dashboard            # rewrites charts/scibox-vllm-operator/files/dashboard.json
-    python -m monitoring.dashboard --check    # exit 1 if the committed file differs
+    python -m tools.monitoring.dashboard            # rewrites charts/scibox-vllm-operator/files/dashboard.json
+    python -m tools.monitoring.dashboard --check    # exit 1 if the committed file differs
 
 The committed JSON is what ships (chart ConfigMap, manifests/); this module is its source, so
 every panel is a PromQL expression written once, with one label selector for all vLLM panels.
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_PATH = ROOT / "charts" / "scibox-vllm-operator" / "files" / "dashboard.json"
 
 UID = "scibox-vllm"
@@ -53,7 +53,7 @@ class Panel:
     kind: str = "timeseries"
     width: int = 8
     height: int = 8
-    key: bool = False  # drawn by scripts/render_dashboard.py
+    key: bool = False  # drawn by tools/render_dashboard.py
     options: dict[str, Any] = field(default_factory=dict)
     field_config: dict[str, Any] = field(default_factory=dict)
 
@@ -206,7 +206,7 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
 
 
 def key_panel_titles() -> list[str]:
-    """The panels scripts/render_dashboard.py draws, in dashboard order."""
+    """The panels tools/render_dashboard.py draws, in dashboard order."""
     return [p.title for p in vllm_panels() + operator_panels() if p.key]
 
 
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = args.output.read_text() if args.output.exists() else ""
         if current != text:
-            print(f"{args.output} is out of date: run python -m monitoring.dashboard", file=sys.stderr)
+            print(f"{args.output} is out of date: run python -m tools.monitoring.dashboard", file=sys.stderr)
             return 1
         return 0
     args.output.parent.mkdir(parents=True, exist_ok=True)

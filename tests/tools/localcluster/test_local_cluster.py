@@ -13,8 +13,8 @@ from tests.waiting import wait_for as poll
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.cluster import Cluster, NodeShape, versions
-from tests.cluster.provisioner import STORAGE_CLASS
+from tools.localcluster import Cluster, NodeShape, versions
+from tools.localcluster.provisioner import STORAGE_CLASS
 
 pytestmark = pytest.mark.cluster
 

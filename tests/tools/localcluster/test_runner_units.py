@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import runner
-from tests.cluster.runner import (CLOSED_HUB_ENDPOINT, ConfigError, StartError, adapt_for_this_host, allocate_ip,
-                                  egress_violations, expand_references, host_command, map_path, parse_taint,
-                                  pod_phase, resolve_env, resolve_executable, resolve_port,
-                                  returncode_to_exit_code, rewrite_value, set_flag, termination_message)
+from tools.localcluster import runner
+from tools.localcluster.runner import (CLOSED_HUB_ENDPOINT, ConfigError, StartError, adapt_for_this_host, allocate_ip,
+                                       egress_violations, expand_references, host_command, map_path, parse_taint,
+                                       pod_phase, resolve_env, resolve_executable, resolve_port,
+                                       returncode_to_exit_code, rewrite_value, set_flag, termination_message)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PY = "/venv/bin/python"
 
 

@@ -17,15 +17,15 @@ import pytest
 from tests.waiting import wait_for as poll
 import yaml
 
-from tests.cluster import Cluster, NodeShape
-from tests.cluster import lws as lws_mod
-from tests.cluster.lws import (
+from tools.localcluster import Cluster, NodeShape
+from tools.localcluster import lws as lws_mod
+from tools.localcluster.lws import (
     ENV_GROUP_SIZE, ENV_LEADER_ADDRESS, ENV_WORKER_INDEX, GROUP_INDEX_LABEL, GROUP_KEY_LABEL,
     LEADER_NAME_ANNOTATION, NAME_LABEL, REVISION_LABEL, SIZE_ANNOTATION, WORKER_INDEX_LABEL,
     LwsController, container_env,
 )
-from tests.cluster.nodes import GPU_RESOURCE, H100_LABELS
-from tests.cluster.rest import ApiError
+from tools.localcluster.nodes import GPU_RESOURCE, H100_LABELS
+from tools.localcluster.rest import ApiError
 
 WAIT = 90.0  # generous ceiling for polling; not a performance assertion
 LWS_API = "/apis/leaderworkerset.x-k8s.io/v1"
@@ -153,7 +153,7 @@ def test_the_last_live_user_stops_the_controller(tmp_path):
 
 
 def test_a_controller_nobody_started_is_left_running(tmp_path):
-    # Reused from `python -m tests.cluster.lws start`: sessions do not stop it.
+    # Reused from `python -m tools.localcluster.lws start`: sessions do not stop it.
     controller = LwsController(Cluster(name="unit", state_dir=tmp_path / "unit"))
     controller._register(started=False)
     assert controller._release() is False

@@ -1,7 +1,7 @@
 """The demo: a tiny model becomes an OpenAI endpoint that answers, through the operator.
 
 1. a local Kubernetes cluster `demo` (real control plane; kwok GPU nodes; one node,
-   `real-node-0`, whose pods run for real: tests/cluster/runner.py) and the CRD;
+   `real-node-0`, whose pods run for real: tools/localcluster/runner.py) and the CRD;
 2. a local Hugging Face Hub mirror serving a tiny random Llama as `scibox/tiny-llama`;
 3. the operator, as a process;
 4. `kubectl apply` of a VLLMDeployment: the operator's download Job fetches the model into the
@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.cluster import Cluster  # noqa: E402
-from tests.cluster.nodes import REAL_RUNNER_TOLERATION, default_nodes, real_runner_node  # noqa: E402
+from tools.localcluster import Cluster  # noqa: E402
+from tools.localcluster.nodes import REAL_RUNNER_TOLERATION, default_nodes, real_runner_node  # noqa: E402
 
 CLUSTER = "demo"
 NODE = "real-node-0"

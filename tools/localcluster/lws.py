@@ -20,7 +20,7 @@ What runs, and why it is wired this way:
 - One controller per cluster, shared by concurrent pytest sessions like the cluster itself:
   users register their PIDs under `<state dir>/lws/users`; the last live user stops it.
 
-CLI: `python -m tests.cluster.lws [--name NAME] start|stop|status`.
+CLI: `python -m tools.localcluster.lws [--name NAME] start|stop|status`.
 """
 
 from __future__ import annotations
@@ -469,7 +469,7 @@ class LwsController:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster.lws", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.localcluster.lws", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default=DEFAULT_NAME, help="cluster name")
     parser.add_argument("command", choices=("start", "stop", "status"),

@@ -2,7 +2,7 @@
 
 Grafana fills in `$namespace`, `${deployment}`, `$__rate_interval` ... before it sends a query;
 `substitute` does the same with given values, so a plain Prometheus can evaluate every panel.
-Used by tests/monitoring and scripts/render_dashboard.py.
+Used by tests/monitoring and tools/render_dashboard.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "charts" / "scibox-vllm-operator" / "files" / "dashboard.json"
 ALERTS = ROOT / "charts" / "scibox-vllm-operator" / "files" / "alerts.yaml"
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROJECT_CONFIG = ROOT / "monitoring" / "prometheus.yml"
 ALERTS = ROOT / "charts" / "scibox-vllm-operator" / "files" / "alerts.yaml"
 VLLM_JOB = "scibox-vllm"

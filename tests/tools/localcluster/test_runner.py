@@ -20,10 +20,10 @@ import pytest
 
 from tests.waiting import wait_for as poll
 
-from tests.cluster import Cluster
-from tests.cluster.nodes import REAL_RUNNER_TOLERATION, real_runner_node
-from tests.cluster.rest import ApiError, Rest
-from tests.cluster.runner import marked_processes
+from tools.localcluster import Cluster
+from tools.localcluster.nodes import REAL_RUNNER_TOLERATION, real_runner_node
+from tools.localcluster.rest import ApiError, Rest
+from tools.localcluster.runner import marked_processes
 
 pytestmark = pytest.mark.cluster
 

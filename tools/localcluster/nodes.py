@@ -86,7 +86,7 @@ REAL_RUNNER_TOLERATION = {"key": REAL_RUNNER_LABEL, "operator": "Equal", "value"
 
 
 def real_runner_node(name: str = "real-node-0", gpus: int = 2) -> NodeShape:
-    """A node for `tests/cluster/runner.py`: kwok leaves it alone, fake H100s so GPU pods fit,
+    """A node for `tools/localcluster/runner.py`: kwok leaves it alone, fake H100s so GPU pods fit,
     tainted so that only pods tolerating REAL_RUNNER_TOLERATION are placed on it."""
     return NodeShape(name, cpu="2", memory="16Gi", gpus=gpus, labels=dict(H100_LABELS),
                      taints=(dict(REAL_RUNNER_TAINT),), real_runner=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Draw the dashboard's key panels as one PNG, from what a Prometheus answers for their queries.
 
-    python scripts/render_dashboard.py --prometheus http://127.0.0.1:9090 --out out/dashboard.png \\
+    python tools/render_dashboard.py --prometheus http://127.0.0.1:9090 --out out/dashboard.png \\
         [--var namespace=ml --var deployment=llama] [--minutes 15] [--rate-interval 1m]
 
 Each panel's PromQL comes from charts/scibox-vllm-operator/files/dashboard.json with the
@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monitoring.dashboard import key_panel_titles  # noqa: E402
-from monitoring.queries import (PanelQuery, PrometheusClient, format_legend, load_dashboard,  # noqa: E402
-                                panel_queries, substitute)
+from tools.monitoring.dashboard import key_panel_titles  # noqa: E402
+from tools.monitoring.queries import (PanelQuery, PrometheusClient, format_legend, load_dashboard,  # noqa: E402
+                                      panel_queries, substitute)
 
 COLUMNS = 3
 UNIT_LABELS = {"s": "seconds", "reqps": "requests/s", "percentunit": "%", "ops": "per second",

@@ -50,7 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
              "provisioner")
 
-# Real runners (tests/cluster/runner.py) are started on demand, one per node, as processes
+# Real runners (tools/localcluster/runner.py) are started on demand, one per node, as processes
 # named RUNNER_PREFIX + node; `down` stops them first, with a grace long enough for their pods.
 RUNNER_PREFIX = "runner-"
 RUNNER_STOP_GRACE_S = 60.0
@@ -515,7 +515,7 @@ class Cluster:
             f"--node-ip={node_shapes.node_ip(253)}",
             "--node-lease-duration-seconds=40",
         ])
-        self._spawn("provisioner", [sys.executable, "-m", "tests.cluster.provisioner",
+        self._spawn("provisioner", [sys.executable, "-m", "tools.localcluster.provisioner",
                                     f"--state-dir={self.state_dir}"])
 
         rest = self.rest
@@ -721,7 +721,7 @@ class Cluster:
         pid = self.pid(process)
         if pid is None:
             taints = (node_shapes.REAL_RUNNER_TAINT,) if taints is None else taints
-            argv = [sys.executable, "-m", "tests.cluster.runner", f"--state-dir={self.state_dir}",
+            argv = [sys.executable, "-m", "tools.localcluster.runner", f"--state-dir={self.state_dir}",
                     f"--node={node}", f"--gpus={gpus}"]
             argv += [f"--taint={t['key']}" + (f"={t['value']}" if t.get("value") else "")
                      + f":{t['effect']}" for t in taints]

@@ -1,14 +1,14 @@
 """The local Kubernetes cluster shared by pytest, benchmarks and the demo.
 
-    from tests.cluster import Cluster
+    from tools.localcluster import Cluster
     cluster = Cluster.up()          # starts it, or returns a handle on the one already up
     cluster.kubeconfig, cluster.apiserver_url, cluster.kubectl("get", "nodes")
     cluster.down()
 
-CLI: `python -m tests.cluster up|down|status|install-prometheus-crds|uninstall-prometheus-crds`.
+CLI: `python -m tools.localcluster up|down|status|install-prometheus-crds|uninstall-prometheus-crds`.
 """
 
-# Imported lazily so that `python -m tests.cluster.build` needs nothing beyond the stdlib.
+# Imported lazily so that `python -m tools.localcluster.build` needs nothing beyond the stdlib.
 _EXPORTS = {
     "Cluster": "local", "ClusterError": "local", "DEFAULT_NAME": "local",
     "parse_request_totals": "local",

@@ -1,4 +1,4 @@
-"""python -m tests.cluster up|down|status|install-prometheus-crds|uninstall-prometheus-crds"""
+"""python -m tools.localcluster up|down|status|install-prometheus-crds|uninstall-prometheus-crds"""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from .nodes import NodeShapeError, load_shapes
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.localcluster", description=__doc__)
     parser.add_argument("--name", default=DEFAULT_NAME, help="cluster name (state dir "
                         "~/.cache/scibox-cluster/run/<name>, or $SCIBOX_CLUSTER_DIR)")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the cluster (no-op if already up); prints the kubeconfig")
-    up.add_argument("--nodes", type=Path, help="JSON list of node shapes (see tests/cluster/nodes.py)")
+    up.add_argument("--nodes", type=Path, help="JSON list of node shapes (see tools/localcluster/nodes.py)")
     up.add_argument("--timeout", type=float, default=120.0)
     sub.add_parser("down", help="stop every process `up` started and remove the state dir")
     sub.add_parser("status", help="print the cluster's state as JSON")

@@ -6,7 +6,7 @@ kube-controller-manager then binds the pair. When the PV controller releases a v
 reclaim policy is Delete, the directory and the PV are removed.
 
 It list-watches PVCs and PVs in two threads and re-lists after any error, so it survives
-apiserver restarts. Run by `up` as `python -m tests.cluster.provisioner --state-dir DIR`.
+apiserver restarts. Run by `up` as `python -m tools.localcluster.provisioner --state-dir DIR`.
 """
 
 from __future__ import annotations
