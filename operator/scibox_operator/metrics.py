@@ -16,6 +16,7 @@ clash would silently rename ours to `exported_namespace` unless the scrape honou
 
 from __future__ import annotations
 
+from scibox_operator.api.names import COMPONENT_LABEL, DOWNLOAD
 import dataclasses
 import json
 import logging
@@ -191,7 +192,7 @@ def download_outcome(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]] =
 
 
 def is_download_job(job: Mapping[str, Any]) -> bool:
-    return ((job.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component") == "model-download"
+    return ((job.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL) == DOWNLOAD
 
 
 # --- recording ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ checks that need code, so the rest of the operator never digs in dicts.
 
 from __future__ import annotations
 
+from scibox_operator.api.names import API_VERSION
 import hashlib
 import re
 from dataclasses import dataclass
@@ -228,7 +229,7 @@ class VLLMDeployment:
     @property
     def owner_reference(self) -> dict[str, Any]:
         return {
-            "apiVersion": "scibox.io/v1alpha1",
+            "apiVersion": API_VERSION,
             "kind": "VLLMDeployment",
             "name": self.name,
             "uid": self.uid,

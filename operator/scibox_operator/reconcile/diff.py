@@ -13,13 +13,13 @@ A reconcile with nothing to change therefore sends nothing: both checks read the
 
 from __future__ import annotations
 
+from scibox_operator.api.names import RENDER_HASH_ANNOTATION
 import hashlib
 import json
 from typing import Any
 
 from scibox_operator.render.common import CACHE_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
-RENDER_HASH_ANNOTATION = "scibox.io/render-hash"
 # Cache claims and download Jobs are shared by every VLLMDeployment of a model and a Retain claim
 # outlives them all, so no single owner reference can mark them: they are the operator's by its
 # labels (within the tenant's own namespace, the only place a forgery could matter).

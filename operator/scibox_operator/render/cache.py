@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from scibox_operator.api.names import MODEL_ANNOTATION, REVISION_ANNOTATION
 from typing import Any
 
 from ..engine_args import DOWNLOAD_EXIT_CODES
@@ -36,8 +37,8 @@ def _cache_metadata(vd: VLLMDeployment, name: str, component: str, owners: list[
     meta_labels["app.kubernetes.io/instance"] = name
     meta_labels[CACHE_LABEL] = name
     meta: dict[str, Any] = {"name": name, "namespace": vd.namespace, "labels": meta_labels,
-                            "annotations": {"scibox.io/model": vd.spec.model.name,
-                                            "scibox.io/revision": vd.spec.model.revision}}
+                            "annotations": {MODEL_ANNOTATION: vd.spec.model.name,
+                                            REVISION_ANNOTATION: vd.spec.model.revision}}
     if owners:
         meta["ownerReferences"] = _owner_refs(owners)
     return meta

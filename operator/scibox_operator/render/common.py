@@ -4,28 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from scibox_operator.api.names import FIELD_MANAGER
+from scibox_operator.api.names import (CACHE, CACHE_LABEL, COMPONENT_LABEL, DOWNLOAD, INSTANCE_LABEL, MANAGED_BY,
+                                      MANAGED_BY_LABEL, NAME_LABEL, OWNER_NAME_LABEL, PART_OF_LABEL, SERVER)
 from scibox_operator.api.spec import VLLMDeployment
 
-MANAGED_BY = FIELD_MANAGER
-INSTANCE_LABEL = "app.kubernetes.io/instance"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-OWNER_NAME_LABEL = "scibox.io/vllmdeployment"
-# Marks a cache claim and its download Job with the claim name (shared by every user of a model).
-CACHE_LABEL = "scibox.io/model-cache"
-
-SERVER = "server"
-CACHE = "model-cache"
-DOWNLOAD = "model-download"
+__all__ = ["CACHE", "CACHE_LABEL", "COMPONENT_LABEL", "DOWNLOAD", "INSTANCE_LABEL", "MANAGED_BY", "MANAGED_BY_LABEL",
+           "OWNER_NAME_LABEL", "SERVER", "labels", "metadata", "selector_labels"]
 
 
 def labels(vd: VLLMDeployment, component: str) -> dict[str, str]:
     return {
-        "app.kubernetes.io/name": "vllm",
+        NAME_LABEL: "vllm",
         INSTANCE_LABEL: vd.name,
         COMPONENT_LABEL: component,
-        "app.kubernetes.io/part-of": "scibox",
+        PART_OF_LABEL: "scibox",
         MANAGED_BY_LABEL: MANAGED_BY,
         OWNER_NAME_LABEL: vd.name,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from scibox_operator.api.names import API_KEY_DIGEST_ANNOTATION
 import copy
 from typing import Any
 
@@ -138,9 +139,6 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-# A digest of the API key in the pod template: a rotated key rolls the pods, which read the key
-# from their environment only at start (the key itself never appears in any object).
-API_KEY_DIGEST_ANNOTATION = "scibox.io/api-key-digest"
 
 
 def render_deployment(vd: VLLMDeployment, plan: ServingPlan, *, api_key_digest: str | None = None) -> dict[str, Any]:

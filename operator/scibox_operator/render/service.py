@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from scibox_operator.api.names import LEADER_INDEX_LABEL
 from scibox_operator.api.spec import VLLMDeployment
 from .common import SERVER, metadata, selector_labels
 
 
-LEADER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
 
 
 def render_service(vd: VLLMDeployment, *, multi_node: bool = False) -> dict[str, Any]:

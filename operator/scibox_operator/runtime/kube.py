@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from scibox_operator.api.names import FIELD_MANAGER
+from scibox_operator.api.names import API_VERSION, FIELD_MANAGER, KIND, PLURAL
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ KINDS = {k.kind: k for k in (
     Kind("batch/v1", "Job", "jobs"),
     Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
     Kind("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets"),
-    Kind("scibox.io/v1alpha1", "VLLMDeployment", "vllmdeployments"),
+    Kind(API_VERSION, KIND, PLURAL),
     Kind("coordination.k8s.io/v1", "Lease", "leases"),
     Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
     Kind("storage.k8s.io/v1", "StorageClass", "storageclasses", namespaced=False),
