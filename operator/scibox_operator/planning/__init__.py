@@ -6,7 +6,9 @@ part that reads files. The operator calls `plan_parallelism` when a spec says `a
 
 from .errors import PlanError
 from .gpus import GPU_TABLE, GpuType, gpu_from_node_labels, known_gpu_names, lookup_gpu
-from .model import LayerParams, ModelFacts, SUPPORTED_MODEL_TYPES, model_facts_from_config
+from .facts import LayerParams, ModelFacts
+from .facts_from_config import model_facts_from_config
+from .families.registry import SUPPORTED_MODEL_TYPES
 from .numerics import QuantScheme
 from .planner import (DEFAULT_RESERVE, LayoutFit, MemoryReserve, Plan, evaluate_layout,
                       kv_bytes_per_token, place, plan_parallelism, tensor_parallel_problem,

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 from .errors import PlanError
 from .gpus import GIB, GpuType
-from .model import ModelFacts
+from .facts import ModelFacts
 from .numerics import (DTYPE_BYTES, QuantScheme, kv_cache_dtype_bytes, resolve_serving_dtype,
                        same_family, scheme_for_requested)
 from .weights import Storage, kv_head_fraction, pipeline_stages, weight_bytes_per_stage
