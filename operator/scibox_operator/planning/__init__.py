@@ -5,12 +5,16 @@ part that reads files. The operator calls `plan_parallelism` when a spec says `a
 """
 
 from .errors import PlanError
+from .facts import LayerParams, ModelFacts
+from .facts_from_config import model_facts_from_config
+from .families.registry import SUPPORTED_MODEL_TYPES
 from .gpus import GPU_TABLE, GpuType, gpu_from_node_labels, known_gpu_names, lookup_gpu
-from .model import LayerParams, ModelFacts, SUPPORTED_MODEL_TYPES, model_facts_from_config
+from .memory import LayoutFit, kv_bytes_per_token
 from .numerics import QuantScheme
-from .planner import (DEFAULT_RESERVE, LayoutFit, MemoryReserve, Plan, evaluate_layout,
-                      kv_bytes_per_token, place, plan_parallelism, tensor_parallel_problem,
-                      valid_tensor_parallel_sizes, vllm_default_batch)
+from .placement import place, tensor_parallel_problem, valid_tensor_parallel_sizes
+from .plan import Plan
+from .planner import evaluate_layout, plan_parallelism
+from .settings import DEFAULT_RESERVE, MemoryReserve, vllm_default_batch
 
 __all__ = [
     "DEFAULT_RESERVE", "GPU_TABLE", "GpuType", "LayerParams", "LayoutFit", "MemoryReserve",

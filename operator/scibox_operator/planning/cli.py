@@ -9,7 +9,7 @@ import sys
 
 from .errors import PlanError
 from .gpus import lookup_gpu
-from .model import model_facts_from_config
+from .facts_from_config import model_facts_from_config
 from .planner import plan_parallelism
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import LayerParams, ModelFacts
+from .errors import PlanError
+from .facts import LayerParams, ModelFacts
 from .numerics import DTYPE_BYTES, QuantScheme
 
 # A safetensors index whose total is this far from the config's estimate describes some
@@ -54,7 +55,6 @@ def index_correction(facts: ModelFacts) -> float:
     factor = facts.safetensors_weight_bytes / estimated_checkpoint_bytes(facts)
     low, high = INDEX_AGREEMENT
     if not low <= factor <= high:
-        from .errors import PlanError
         raise PlanError(
             "InvalidModelConfig",
             f"the safetensors index says {facts.safetensors_weight_bytes} bytes but the config "
