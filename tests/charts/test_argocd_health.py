@@ -38,7 +38,7 @@ def plan():
 
 
 def probe(reason: str, url: str = "http://127.100.0.1:8000"):
-    from scibox_operator.readiness.probe import ProbeReason, ProbeResult
+    from scibox_operator.readiness.verdicts import ProbeReason, ProbeResult
 
     r = ProbeReason(reason)
     return ProbeResult(ready=r is ProbeReason.SERVING, reason=r, message=f"{url}: {reason}", latency_s=0.01,
@@ -56,7 +56,7 @@ def with_status(replicas: int = 1, *, generation: int = 1, **kwargs) -> dict:
 
 def deployed(replicas: int, reasons: list[str], *, updated: int | None = None) -> dict:
     """`updated`: replicas on the current template (all of them unless a rollout is under way)."""
-    from scibox_operator.readiness.probe import summarize_readiness
+    from scibox_operator.readiness.verdicts import summarize_readiness
     from scibox_operator.reconcile.status import CacheState
 
     results = [probe(r, f"http://127.100.0.{i}:8000") for i, r in enumerate(reasons)]

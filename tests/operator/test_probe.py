@@ -26,7 +26,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scibox_operator.readiness.probe import (ProbeReason, ProbeResult, classify_completion, classify_health, classify_models, condition_changed, make_condition, probe_endpoint, probe_endpoints, ready_condition, set_condition, summarize_readiness)
+from scibox_operator.api.conditions import make_condition
+from scibox_operator.readiness.probe import probe_endpoint
+from scibox_operator.readiness.verdicts import (ProbeReason, ProbeResult, classify_completion, classify_health,
+                                                classify_models, summarize_readiness)
 from tests.fixtures.vllm import VLLMServer, free_port
 
 API_KEY = "scibox-test-key"
@@ -73,12 +76,13 @@ def test_wrong_served_model_name_is_model_missing(vllm_server: VLLMServer) -> No
 
 
 @pytest.mark.vllm
-def test_probe_endpoints_keeps_order_and_judges_each(vllm_server: VLLMServer) -> None:
+def test_replicas_probed_concurrently_are_judged_each(vllm_server: VLLMServer) -> None:
     nobody = f"http://127.0.0.1:{free_port()}"
 
     async def run() -> list[ProbeResult]:
         async with aiohttp.ClientSession() as session:
-            return await probe_endpoints(session, [nobody, vllm_server.base_url], "tiny", timeout=5.0)
+            return list(await asyncio.gather(*(probe_endpoint(session, url, "tiny", timeout=5.0)
+                                               for url in (nobody, vllm_server.base_url))))
 
     down, up = asyncio.run(run())
     assert (down.reason, up.reason) == (ProbeReason.ENGINE_DOWN, ProbeReason.SERVING)
@@ -354,6 +358,10 @@ T0 = datetime(2026, 11, 25, 7, 0, 0, 123456, tzinfo=timezone.utc)
 T1 = T0 + timedelta(minutes=5)
 
 
+def ready_condition(summary, **kw):
+    return make_condition("Ready", summary.status, summary.reason, summary.message, **kw)
+
+
 def test_condition_keeps_transition_time_while_status_holds() -> None:
     loading = summarize_readiness([result(ProbeReason.LOADING)], 1)
     down = summarize_readiness([result(ProbeReason.ENGINE_DOWN)], 1)
@@ -370,32 +378,15 @@ def test_condition_keeps_transition_time_while_status_holds() -> None:
     }
     still_false = ready_condition(down, now=T1, previous=first, observed_generation=3)
     assert still_false["lastTransitionTime"] == "2026-11-25T07:00:00Z"
-    assert still_false["reason"] == "EngineDown" and condition_changed(first, still_false)
+    assert still_false["reason"] == "EngineDown"
     flipped = ready_condition(serving, now=T1, previous=still_false, observed_generation=3)
     assert flipped["lastTransitionTime"] == "2026-11-25T07:05:00Z"
 
 
-def test_rebuilding_the_same_condition_later_is_not_a_change() -> None:
+def test_rebuilding_the_same_condition_later_is_the_same_condition() -> None:
     summary = summarize_readiness([result(ProbeReason.SERVING)], 1)
     old = ready_condition(summary, now=T0)
-    again = ready_condition(summary, now=T1, previous=old)
-    assert again == old and not condition_changed(old, again)
-    # Even one built without `previous` (fresh timestamp) says nothing new.
-    assert not condition_changed(old, ready_condition(summary, now=T1))
-    assert condition_changed(None, old)
-    assert condition_changed(old, {**old, "observedGeneration": 2})
-
-
-def test_set_condition_replaces_by_type_and_reports_change() -> None:
-    other = {"type": "Progressing", "status": "True", "reason": "Rolling", "message": "", "lastTransitionTime": "x"}
-    ready = make_condition("Ready", "True", "Serving", "1/1 replicas serving", now=T0)
-    conditions, changed = set_condition([other], ready)
-    assert changed and conditions == [other, ready]
-    same, changed = set_condition(conditions, make_condition("Ready", "True", "Serving", "1/1 replicas serving", now=T1))
-    assert not changed and same == conditions
-    degraded = make_condition("Ready", "True", "Serving", "1/2 replicas serving (1 Loading)", now=T1, previous=ready)
-    updated, changed = set_condition(conditions, degraded)
-    assert changed and updated[1]["message"].startswith("1/2") and updated[1]["lastTransitionTime"] == "2026-11-25T07:00:00Z"
+    assert ready_condition(summary, now=T1, previous=old) == old
 
 
 def test_condition_rejects_bad_input() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
-from scibox_operator.readiness.probe import summarize_readiness
+from scibox_operator.readiness.verdicts import summarize_readiness
 from scibox_operator.planning.serving_plan import ServingPlan
 from scibox_operator.api.spec import parse
 from scibox_operator.reconcile.status import CacheState, Failure, compute_status, download_report, status_differs

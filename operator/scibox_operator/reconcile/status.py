@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from scibox_operator.readiness.probe import ReadinessSummary, make_condition, summarize_readiness
+from scibox_operator.api.conditions import make_condition
+from scibox_operator.readiness.verdicts import ReadinessSummary, summarize_readiness
 from scibox_operator.planning.serving_plan import ServingPlan
 from scibox_operator.api.spec import VLLMDeployment
 
