@@ -120,7 +120,7 @@ async def vllmdeployment_event(event: dict[str, Any], body: kopf.Body, memo: kop
     known = controller.store.vllmds.get(key)
     if known is not None and known["metadata"].get("resourceVersion") == body.metadata.get("resourceVersion"):
         return  # our own status write coming back: already in the store
-    controller.store.vllmds[key] = _trim(body)
+    controller.store.vllmds[key] = trim(body)
     controller.enqueue([key])
 
 
