@@ -210,6 +210,45 @@ def test_operator_with_only_the_chart_identity_fully_reconciles_a_sample(chart_c
     assert not re.search(r"\b403\b|[Ff]orbidden", log), chart_operator.log_tail()
 
 
+def test_a_multi_node_model_is_reconciled_and_its_status_written_under_the_chart_identity(
+        chart_cluster, release, chart_operator):
+    """issue 18: the multi-node path GETs its LeaderWorkerSet on every pass; under the chart's
+    ServiceAccount its status is written, and no request of the operator is refused."""
+    from tools.localcluster.lws import LwsController
+
+    lws = LwsController(chart_cluster)
+    lws.start(register=True)
+    ns = create_namespace(chart_cluster, unique("multi"))
+    since = chart_cluster.audit_offset()
+    try:
+        chart_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump({
+            "apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment", "metadata": {"name": "huge"},
+            # Not on any hub (the operator's is a closed port here): explicit sizes deploy without it.
+            "spec": {"model": {"name": "scibox/stand-in-405b"}, "cache": {"size": "1Gi"},
+                     "parallelism": {"tensorParallelSize": 8, "pipelineParallelSize": 2}}}))
+        group = wait_for(lambda: get(chart_cluster, "leaderworkerset", "huge-group", ns), timeout=120,
+                         what="the LeaderWorkerSet")
+        assert group["spec"]["leaderWorkerTemplate"]["size"] == 2
+        vd = wait_for(lambda: (lambda o: o if (condition(o, "UpToDate") or {}).get("reason") and
+                               o["status"].get("gpusPerReplica") == 16 else None)(get(chart_cluster, "vllmd", "huge", ns)),
+                      timeout=120, what="the multi-node status written")
+        assert vd["status"]["phase"] != "Failed", vd["status"]
+        # Ray's ports are closed to all but the group even without the optional policy.
+        policy = get(chart_cluster, "networkpolicy", "huge", ns)
+        assert policy["spec"]["ingress"][1]["from"][0]["podSelector"]["matchLabels"][
+            "app.kubernetes.io/instance"] == "huge"
+        user = f"system:serviceaccount:{release['namespace']}:{release['service_account']}"
+        audited = chart_cluster.audit_events(user, since=since)
+        lws_reads = [e for e in audited if (e.get("objectRef") or {}).get("resource") == "leaderworkersets"
+                     and e["verb"] == "get"]
+        assert lws_reads, "the group's status was not read from the API"
+        refused = [(e["verb"], e["requestURI"]) for e in audited if e.get("responseStatus", {}).get("code") == 403]
+        assert refused == [], f"requests refused on the multi-node path: {refused}"
+    finally:
+        chart_cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        lws.leave()
+
+
 def test_leader_election_hands_over_between_two_operators_with_the_chart_identity(
         chart_cluster, release, identity, chart_operator, reconciled, tmp_path):
     """replicaCount 2: the standby, holding the same token, waits; when the leader dies without
