@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from . import release
-from .engine_args import model_cache_path
+from .engine.cache_layout import model_cache_path
 from .spec import VLLMDeployment, dns_name, short_hash
 
 MODELS_MOUNT = "/models"

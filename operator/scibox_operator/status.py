@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .engine.cache_layout import parse_download_report
 from .probe import ReadinessSummary, make_condition, summarize_readiness
 from .serving import ServingPlan
 from .spec import VLLMDeployment
@@ -45,18 +46,12 @@ class CacheState:
 
 def download_report(pod: Any) -> dict[str, Any] | None:
     """The JSON line download_model.sh leaves in its terminated container's message, if any."""
-    import json
-
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         terminated = (cs.get("state") or {}).get("terminated") or {}
         message = (terminated.get("message") or "").strip()
         if not message:
             continue
-        try:
-            report = json.loads(message.splitlines()[-1])
-        except ValueError:
-            return None
-        return report if isinstance(report, dict) else None
+        return parse_download_report(message)
     return None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine_args import DOWNLOAD_EXIT_CODES
+from ..engine.cache_layout import DOWNLOAD_EXIT_CODES
 from ..serving import MODELS_MOUNT, ServingPlan
 from ..spec import VLLMDeployment
 from .common import (CACHE, CACHE_LABEL, DOWNLOAD, OWNER_NAME_LABEL, container_security_context, labels,

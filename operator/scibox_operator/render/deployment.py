@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ..engine_args import EngineSettings, render_vllm_args
+from ..engine.vllm_args import EngineSettings, render_vllm_args
 from ..serving import GIB, MODELS_MOUNT, ServingPlan, model_dir
 from ..spec import VLLMDeployment
 from .common import SERVER, container_security_context, metadata, pod_security_context, selector_labels
