@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 VENV=${SCIBOX_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/scibox/venv}
+# The house rules first: ruff, the import contracts, no import cycle, mypy's baseline.
+scripts/lint.sh
 set +e
 "$VENV/bin/python" -m pytest "$@"
 rc=$?

@@ -1,6 +1,6 @@
 """Model-cache downloader run by the operator's download Job (through download_model.sh).
 
-Fetches one hub repo revision into {CACHE_DIR}/{org}--{name}/{revision} (engine_args.model_cache_path,
+Fetches one hub repo revision into {CACHE_DIR}/{org}--{name}/{revision} (cache_layout.model_cache_path,
 the same function the server side uses to find it), and only what vLLM loads:
   * config/tokenizer files at the repo root: *.json, tokenizer.model, *.tiktoken, *.txt, *.jinja, *.py
   * weights at the repo root: *.safetensors (only the shards the index names, when there is an index);
@@ -19,7 +19,7 @@ revision exists and its files are present, it exits 0 without any network reques
 Output: one JSON summary line on stdout (also written to TERMINATION_LOG when writable, so the
 operator can read it from the pod's termination message); failures print one line
 "download failed [kind]: message" to stderr, write {"error": kind, ...} to TERMINATION_LOG and
-exit with engine_args.DOWNLOAD_EXIT_CODES[kind].
+exit with cache_layout.DOWNLOAD_EXIT_CODES[kind] (scibox_operator.engine.cache_layout).
 """
 
 from __future__ import annotations
@@ -33,15 +33,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# In the image engine_args.py sits next to this file; in the repo it lives in the operator package.
-for candidate in (HERE, HERE.parent.parent / "operator" / "scibox_operator"):
-    if (candidate / "engine_args.py").is_file():
+# In the image scibox_operator/engine/ sits next to this file; in the repo it is the operator package.
+for candidate in (HERE, HERE.parent.parent / "operator"):
+    if (candidate / "scibox_operator" / "engine" / "cache_layout.py").is_file():
         sys.path.insert(0, str(candidate))
         break
-import engine_args  # noqa: E402
+from scibox_operator.engine import cache_layout  # noqa: E402
 
-EXIT = engine_args.DOWNLOAD_EXIT_CODES
-MARKER = engine_args.MODEL_CACHE_MARKER
+EXIT = cache_layout.DOWNLOAD_EXIT_CODES
+MARKER = cache_layout.MODEL_CACHE_MARKER
 
 CONFIG_SUFFIXES = (".json", ".model", ".tiktoken", ".txt", ".jinja", ".py")
 
@@ -218,11 +218,11 @@ def main() -> int:
         if not repo_id:
             raise DownloadError("bad_config", "MODEL_ID is not set (expected org/name or name)")
         revision = (os.environ.get("MODEL_REVISION") or "main").strip()
-        cache_dir = os.environ.get("CACHE_DIR") or engine_args.DEFAULT_MODEL_CACHE_DIR
+        cache_dir = os.environ.get("CACHE_DIR") or cache_layout.DEFAULT_MODEL_CACHE_DIR
         endpoint = (os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
         try:
             workers = int(os.environ.get("DOWNLOAD_MAX_WORKERS") or 4)
-            target = Path(engine_args.model_cache_path(cache_dir, repo_id, revision))
+            target = Path(cache_layout.model_cache_path(cache_dir, repo_id, revision))
         except ValueError as exc:
             raise DownloadError("bad_config", str(exc)) from None
         if workers < 1:

@@ -2,13 +2,12 @@
 # Health check for the vLLM server: exit 0 only when GET /health answers 200 AND GET /v1/models
 # lists the served model (sending "Authorization: Bearer $VLLM_API_KEY" when the key is set).
 # Target: HEALTH_HOST / HEALTH_PORT / HEALTH_MODEL when set, otherwise the same settings start.sh
-# uses (engine_args.py over vllm_config.yaml and the environment), so the two never disagree.
+# uses (settings.py over vllm_config.yaml and the environment), so the two never disagree.
 # HEALTH_TIMEOUT: seconds per request (default 5). Prints one line saying what is wrong.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="${VLLM_PYTHON:-python3}"
-ENGINE_ARGS="${SCIBOX_ENGINE_ARGS:-$here/engine_args.py}"
-[ -f "$ENGINE_ARGS" ] || ENGINE_ARGS="$here/../../operator/scibox_operator/engine_args.py"
+SETTINGS_PY="${SCIBOX_ENGINE_ARGS:-$here/settings.py}"
 CONFIG="${VLLM_CONFIG:-$here/config/vllm_config.yaml}"
 
 if [ -n "${HEALTH_HOST:-}" ] && [ -n "${HEALTH_PORT:-}" ] && [ -n "${HEALTH_MODEL:-}" ]; then
@@ -16,7 +15,7 @@ if [ -n "${HEALTH_HOST:-}" ] && [ -n "${HEALTH_PORT:-}" ] && [ -n "${HEALTH_MODE
 else
   config_arg=()
   [ -f "$CONFIG" ] && config_arg=(--config "$CONFIG")
-  if ! probe="$("$PY" "$ENGINE_ARGS" "${config_arg[@]}" --print-probe)"; then
+  if ! probe="$("$PY" "$SETTINGS_PY" "${config_arg[@]}" --print-probe)"; then
     echo "unhealthy: cannot resolve the server's settings (see above)"
     exit 2
   fi

@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # Entry point of the SciBox vLLM image: builds vLLM's argv from config/vllm_config.yaml (path:
-# VLLM_CONFIG) and the environment with engine_args.py -- the same mapping the operator uses --
-# and execs the OpenAI-compatible server.  Extra arguments to this script are appended (they go
-# through the same extra-args check).  VLLM_PYTHON picks the interpreter (default python3).
+# VLLM_CONFIG) and the environment with settings.py -- over the operator's own argument contract
+# (scibox_operator/engine, copied next to it) -- and execs the OpenAI-compatible server.  Extra
+# arguments to this script are appended (they go through the same extra-args check).  VLLM_PYTHON
+# picks the interpreter (default python3); SCIBOX_ENGINE_ARGS overrides the settings script's path.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PY="${VLLM_PYTHON:-python3}"
-ENGINE_ARGS="${SCIBOX_ENGINE_ARGS:-$here/engine_args.py}"
-# In the repo (not the image) the mapping lives in the operator package.
-[ -f "$ENGINE_ARGS" ] || ENGINE_ARGS="$here/../../operator/scibox_operator/engine_args.py"
+SETTINGS_PY="${SCIBOX_ENGINE_ARGS:-$here/settings.py}"
 CONFIG="${VLLM_CONFIG:-$here/config/vllm_config.yaml}"
 SERVER_MODULE="${VLLM_SERVER_MODULE:-vllm.entrypoints.openai.api_server}"
 
@@ -30,7 +29,7 @@ fi
 args=()
 argv_file="$(mktemp)"
 trap 'rm -f "$argv_file"' EXIT
-if ! "$PY" "$ENGINE_ARGS" "${config_arg[@]}" --print-args >"$argv_file"; then
+if ! "$PY" "$SETTINGS_PY" "${config_arg[@]}" --print-args >"$argv_file"; then
   echo "start.sh: refusing to start vLLM with invalid settings" >&2
   exit 2
 fi

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from scibox_operator.api.names import COMPONENT_LABEL, DOWNLOAD
 import dataclasses
-import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from .engine.cache_layout import parse_download_report
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +160,8 @@ def downloaded_bytes_from_pods(job_name: str, namespace: str, pods: Iterable[Map
             terminated = (state.get("state") or {}).get("terminated") or {}
             if terminated.get("exitCode") != 0 or not terminated.get("message"):
                 continue
-            try:
-                summary = json.loads(terminated["message"])
-            except ValueError:
-                continue
-            if isinstance(summary, dict) and isinstance(summary.get("downloaded_bytes"), int):
+            summary = parse_download_report(terminated["message"])
+            if summary is not None and isinstance(summary.get("downloaded_bytes"), int):
                 return summary["downloaded_bytes"]
     return None
 

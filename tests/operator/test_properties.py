@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from scibox_operator.cli import render_manifests
-from scibox_operator.engine_args import FORBIDDEN_FLAGS, OWNED_FLAGS, SERVICE_ENV
+from scibox_operator.engine.vllm_args import FORBIDDEN_FLAGS, OWNED_FLAGS, SERVICE_ENV
 from scibox_operator.planning import GPU_TABLE
 from scibox_operator.render.cache import render_cache_pvc, render_download_job
 from scibox_operator.render.deployment import render_deployment

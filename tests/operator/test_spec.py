@@ -78,7 +78,7 @@ def test_crd_defaults_match_the_model_defaults():
 def test_the_crd_refuses_every_env_variable_the_operator_owns():
     import re
 
-    from scibox_operator.engine_args import SERVICE_ENV, SETTINGS_ENV
+    from scibox_operator.engine.vllm_args import SERVICE_ENV, SETTINGS_ENV
 
     rules = SCHEMA["properties"]["spec"]["properties"]["engine"]["properties"]["env"]["x-kubernetes-validations"]
     listed = set(re.findall(r"'([A-Z_]+)'", next(r["rule"] for r in rules if "e.name in" in r["rule"])))

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 from scibox_operator.readiness.verdicts import summarize_readiness
 from scibox_operator.planning.serving_plan import ServingPlan
 from scibox_operator.api.spec import parse
-from scibox_operator.reconcile.status import CacheState, Failure, compute_status, download_report, status_differs
+from scibox_operator.engine.cache_layout import pod_download_report as download_report
+from scibox_operator.reconcile.status import CacheState, Failure, compute_status, status_differs
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 VD = parse({"metadata": {"name": "m", "namespace": "n", "uid": "u", "generation": 2},

@@ -15,7 +15,8 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from scibox_operator.engine_args import model_cache_path, validate_env, validate_extra_args
+from scibox_operator.engine.cache_layout import model_cache_path
+from scibox_operator.engine.vllm_args import validate_env, validate_extra_args
 
 Auto = Literal["auto"]
 
@@ -39,7 +40,7 @@ class ApiKeySecretRef(SecretKeyRef):
     key: str = "api-key"
 
 
-# What vLLM's argv and the cache layout accept (engine_args.validate_settings): a value that
+# What vLLM's argv and the cache layout accept (engine.vllm_args.validate_settings): a value that
 # passed here but failed there would crash every reconcile instead of reporting InvalidSpec.
 _NO_CONTROL_TRIMMED = r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 
 from scibox_operator import release
-from scibox_operator.engine_args import model_cache_path
 from scibox_operator.api.spec import VLLMDeployment, dns_name, short_hash
+from scibox_operator.engine.cache_layout import model_cache_path
 
 MODELS_MOUNT = "/models"
 # Built from images/vllm/Dockerfile (vLLM's official image plus the download and health scripts)

@@ -7,9 +7,9 @@ from datetime import datetime
 from typing import Any
 
 from scibox_operator.api.conditions import make_condition
-from scibox_operator.readiness.verdicts import ReadinessSummary, summarize_readiness
-from scibox_operator.planning.serving_plan import ServingPlan
 from scibox_operator.api.spec import VLLMDeployment
+from scibox_operator.planning.serving_plan import ServingPlan
+from scibox_operator.readiness.verdicts import ReadinessSummary, summarize_readiness
 
 
 @dataclass(frozen=True)
@@ -42,23 +42,6 @@ class CacheState:
         last = f"; last attempt: {summary['message']}" if summary.get("error") and summary.get("message") else ""
         return cls(False, active=True, reason="Downloading",
                    message=f"download Job {name} running ({attempts} failed attempts so far{last})")
-
-
-def download_report(pod: Any) -> dict[str, Any] | None:
-    """The JSON line download_model.sh leaves in its terminated container's message, if any."""
-    import json
-
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        terminated = (cs.get("state") or {}).get("terminated") or {}
-        message = (terminated.get("message") or "").strip()
-        if not message:
-            continue
-        try:
-            report = json.loads(message.splitlines()[-1])
-        except ValueError:
-            return None
-        return report if isinstance(report, dict) else None
-    return None
 
 
 def _downloaded(summary: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from scibox_operator.api.names import API_VERSION, COMPONENT_LABEL, DOWNLOAD, WATCHED_CRDS
-from scibox_operator.reconcile.status import download_report
+from scibox_operator.engine.cache_layout import pod_download_report
 from scibox_operator.planning.serving_plan import gpu_node_from_body
 from scibox_operator.runtime.kube import KINDS, ApiError, KubeClient, list_objects
 from scibox_operator.runtime.store import (CHILD_KINDS, DOWNLOAD_POD_SELECTOR, OURS_SELECTOR, SERVER_POD_SELECTOR, Key, Store, crd_established, newer, pod_summary, reconcile_listing, storage_class_summary, trim)
@@ -104,7 +104,7 @@ class StoreSync:
         job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
         if labels.get(COMPONENT_LABEL) != DOWNLOAD or not job:
             return False
-        report = download_report(body)
+        report = pod_download_report(body)
         key = (body["metadata"]["namespace"], job)
         if report is None or self.store.downloads.get(key) == report:
             return False
