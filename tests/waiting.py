@@ -4,7 +4,8 @@ performance assertion)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0, *, every: float = 0.2,

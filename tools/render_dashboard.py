@@ -24,8 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools.monitoring.dashboard import key_panel_titles  # noqa: E402
-from tools.monitoring.queries import (PanelQuery, PrometheusClient, format_legend, load_dashboard,  # noqa: E402
-                                      panel_queries, substitute)
+from tools.monitoring.queries import (  # noqa: E402
+    PanelQuery,
+    PrometheusClient,
+    format_legend,
+    load_dashboard,
+    panel_queries,
+    substitute,
+)
 
 COLUMNS = 3
 UNIT_LABELS = {"s": "seconds", "reqps": "requests/s", "percentunit": "%", "ops": "per second",
@@ -63,7 +69,7 @@ def render(client: PrometheusClient, out: Path, *, variables: dict[str, str], mi
     rows = math.ceil(len(titles) / COLUMNS)
     fig, axes = plt.subplots(rows, COLUMNS, figsize=(6 * COLUMNS, 3.6 * rows), squeeze=False)
     summary: dict[str, list[dict[str, object]]] = {}
-    for ax, title in zip(axes.flat, titles):
+    for ax, title in zip(axes.flat, titles, strict=False):
         plotted = 0
         unit = by_panel[title][0].unit
         scale = 100.0 if unit == "percentunit" else 1.0  # Grafana shows fractions as percent

@@ -19,10 +19,11 @@ def render_manifests(body: dict[str, Any], *, config: dict | None = None, gpu_la
                      gpus_per_node: int = 8, cache_complete: bool = True) -> list[dict[str, Any]]:
     """Everything the operator would create for `body`, without a cluster (GitOps previews): the
     controller's own `desired()`, first while the model downloads, then once it is cached."""
-    from .reconcile.desired import Observed, desired
-    from scibox_operator.planning.serving_plan import GpuNode, decide_serving_plan
     from scibox_operator.api.spec import parse
+    from scibox_operator.planning.serving_plan import GpuNode, decide_serving_plan
     from scibox_operator.reconcile.status import CacheState
+
+    from .reconcile.desired import Observed, desired
 
     vd = parse(body)
     nodes = [GpuNode("node", tuple(sorted((gpu_labels or {}).items())), gpus_per_node)] if gpu_labels else []
@@ -58,8 +59,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from scibox_operator.planning.serving_plan import PlanFailure
     from scibox_operator.api.spec import InvalidSpec
+    from scibox_operator.planning.serving_plan import PlanFailure
 
     body = yaml.safe_load(Path(args.file).read_text())
     body.setdefault("metadata", {}).setdefault("namespace", args.namespace)

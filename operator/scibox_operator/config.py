@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from scibox_operator.planning.serving_plan import DEFAULT_VLLM_IMAGE
 
@@ -27,7 +27,7 @@ class Settings:
     secret_ttl: float = 60.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         return cls(
             workers=int(env.get("SCIBOX_WORKERS", "16")),

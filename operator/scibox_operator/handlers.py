@@ -11,19 +11,18 @@ from typing import Any
 
 import kopf
 
-from scibox_operator.api.names import GROUP, PLURAL, VERSION
 from scibox_operator import metrics
-from scibox_operator.runtime.store import CHILD_KINDS, trim, crd_established, storage_class_summary
-from scibox_operator.api.names import WATCHED_CRDS
-from scibox_operator.reconcile.reconciler import Controller
+from scibox_operator.api.names import GROUP, PLURAL, VERSION, WATCHED_CRDS
 from scibox_operator.config import Settings
+from scibox_operator.planning.serving_plan import gpu_node_from_body
+from scibox_operator.readiness.ownership import owner_summary
+from scibox_operator.readiness.prober import Prober
+from scibox_operator.reconcile.policy import PolicyError
+from scibox_operator.reconcile.reconciler import Controller
+from scibox_operator.render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, SERVER
 from scibox_operator.runtime.kube import KINDS, KubeClient
 from scibox_operator.runtime.leader import LeaderElector, Timing
-from scibox_operator.readiness.ownership import owner_summary
-from scibox_operator.reconcile.policy import PolicyError
-from scibox_operator.readiness.prober import Prober
-from scibox_operator.render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, SERVER
-from scibox_operator.planning.serving_plan import gpu_node_from_body
+from scibox_operator.runtime.store import CHILD_KINDS, crd_established, storage_class_summary, trim
 
 # group, version, plural of each kind the operator renders (and so watches), from the one kind table
 CHILD_RESOURCES = {kind: (KINDS[kind].group, KINDS[kind].version, KINDS[kind].plural) for kind in CHILD_KINDS}

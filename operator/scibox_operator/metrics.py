@@ -16,19 +16,21 @@ clash would silently rename ours to `exported_namespace` unless the scrape honou
 
 from __future__ import annotations
 
-from scibox_operator.api.names import COMPONENT_LABEL, DOWNLOAD
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from scibox_operator.api.names import COMPONENT_LABEL, DOWNLOAD
 
 from .engine.cache_layout import parse_download_report
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -28,9 +26,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tools.localcluster import Cluster, NodeShape  # noqa: E402
 from tests.fixtures.operator import OperatorProcess  # noqa: E402
 from tests.operator.kubehelp import request_counts  # noqa: E402
+from tools.localcluster import Cluster, NodeShape  # noqa: E402
 
 GPU_LABELS = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.memory": "81559",
               "nvidia.com/gpu.count": "8"}

@@ -109,7 +109,7 @@ def health(obj: dict[str, Any], *, script: Path = HEALTH, runtime: str = "lua5.1
         elif runtime == "gopher":
             data = Path(tmp) / "obj.json"
             data.write_text(json.dumps(obj))
-            argv = [gopher_binary(), *[f"-open-libs" for _ in flags], str(script), str(data)]
+            argv = [gopher_binary(), *["-open-libs" for _ in flags], str(script), str(data)]
         else:
             raise ValueError(f"unknown runtime {runtime!r}")
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)

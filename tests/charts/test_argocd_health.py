@@ -5,7 +5,7 @@ phases, reasons or messages that the health check misreads fails here."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import yaml
@@ -19,7 +19,7 @@ RUNTIMES = [
 # Argo CD's default sandbox has no string library: these cases then fall back (see health.lua).
 WITHOUT_STRING_LIBRARY = {"scaling-up": "Degraded"}
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def body(replicas: int = 1, generation: int = 1) -> dict:

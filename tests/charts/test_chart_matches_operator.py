@@ -58,8 +58,8 @@ def test_every_kind_the_controller_deletes_may_be_deleted():
 
 
 def test_model_network_policies_let_the_charts_operator_pods_in():
-    from scibox_operator.render.network_policy import render_network_policy
     from scibox_operator.api.spec import parse
+    from scibox_operator.render.network_policy import render_network_policy
 
     vd = parse({"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment",
                 "metadata": {"name": "m", "namespace": "team", "uid": "u", "generation": 1},
@@ -98,8 +98,8 @@ def test_every_setting_the_chart_sets_is_read_by_the_operator():
 def read_kinds(source: str) -> set[str]:
     """Kinds the reconcile GETs by name: `client.get("Kind", ...)`, and the LeaderWorkerSet that
     `_read_fresh` reads on each pass of a multi-node object (its only caller)."""
-    from scibox_operator.runtime.store import CHILD_KINDS
     from scibox_operator.runtime.kube import KINDS
+    from scibox_operator.runtime.store import CHILD_KINDS
 
     read: set[str] = set()
     for node in ast.walk(ast.parse(source)):

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.operator import CRD, OperatorProcess
 from tests.waiting import wait_for as poll
-
 from tools.localcluster import Cluster
 from tools.localcluster.nodes import REAL_RUNNER_TOLERATION, real_runner_node
 from tools.localcluster.runner import marked_processes
-from tests.fixtures.operator import CRD, OperatorProcess
 
 REAL_NODE = "real-node-0"
 API = "/apis/scibox.io/v1alpha1"

@@ -12,8 +12,15 @@ import time
 
 import pytest
 
-from .convergence import (apply_all, converged_count, metric_sum, snapshot, vllmd, wait_controllers_recovered,
-                          wait_converged)
+from .convergence import (
+    apply_all,
+    converged_count,
+    metric_sum,
+    snapshot,
+    vllmd,
+    wait_controllers_recovered,
+    wait_converged,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

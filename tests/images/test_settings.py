@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.envfile import read_env_file
 import yaml
 
 from scibox_operator.engine import cache_layout, vllm_args
 from scibox_operator.engine.vllm_args import SettingsError, render_vllm_args
+from tests.envfile import read_env_file
 from tests.images.image_settings import settings as image_settings
 from tests.vllm_parser import parse, vllm_parser  # noqa: F401 - vllm_parser is a fixture
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from tests.envfile import read_env_file
-
 from tests.fixtures.hub import TINY_REPO
 
 REPO = Path(__file__).resolve().parents[2]

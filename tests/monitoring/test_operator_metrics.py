@@ -8,7 +8,7 @@ import asyncio
 import json
 import socket
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from scibox_operator import metrics
 
-EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def vllmd(name: str, phase: str | None, *, ns: str = "ml", replicas: int | None = 1, ready: int = 0,
@@ -271,7 +271,7 @@ def test_a_deleted_job_is_forgotten():
 
 def test_a_scrape_records_no_download():
     """Scraping reads: finished Jobs and their pods in the store are not counted by a scrape."""
-    just_now = datetime.now(timezone.utc) + timedelta(seconds=30)  # after any recorder's start
+    just_now = datetime.now(UTC) + timedelta(seconds=30)  # after any recorder's start
     job = download_job("dl-scrape", uid="scrape-only", condition="Complete",
                        start=(just_now - timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ"),
                        end=just_now.strftime("%Y-%m-%dT%H:%M:%SZ"))

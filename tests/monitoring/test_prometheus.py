@@ -21,12 +21,26 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools.monitoring.dashboard import key_panel_titles
-from tools.monitoring.queries import (alert_rules, finite_values, load_alerts, load_dashboard, panel_queries, substitute,
-                                      variable_queries)
-from tools.monitoring.scrape import (ALERTS, OPERATOR_JOB, VLLM_JOB, load_project_config, operator_target, vllm_target,
-                                     with_static_targets)
 from tests.fixtures.prometheus import PrometheusError, PrometheusServer
+from tools.monitoring.dashboard import key_panel_titles
+from tools.monitoring.queries import (
+    alert_rules,
+    finite_values,
+    load_alerts,
+    load_dashboard,
+    panel_queries,
+    substitute,
+    variable_queries,
+)
+from tools.monitoring.scrape import (
+    ALERTS,
+    OPERATOR_JOB,
+    VLLM_JOB,
+    load_project_config,
+    operator_target,
+    vllm_target,
+    with_static_targets,
+)
 
 from .load import send_completions
 

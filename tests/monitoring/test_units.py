@@ -15,10 +15,27 @@ import pytest
 import yaml
 
 from tools.monitoring import dashboard as dashboard_source
-from tools.monitoring.queries import (UnresolvedVariable, alert_rules, format_legend, load_alerts, load_dashboard,
-                                      panel_queries, regex_value, substitute, variable_queries)
-from tools.monitoring.scrape import (ALERTS, OPERATOR_JOB, PROJECT_CONFIG, VLLM_JOB, load_project_config,
-                                     meta_label_name, operator_target, vllm_target, with_static_targets)
+from tools.monitoring.queries import (
+    UnresolvedVariable,
+    alert_rules,
+    format_legend,
+    load_alerts,
+    load_dashboard,
+    panel_queries,
+    regex_value,
+    substitute,
+    variable_queries,
+)
+from tools.monitoring.scrape import (
+    ALERTS,
+    OPERATOR_JOB,
+    VLLM_JOB,
+    load_project_config,
+    meta_label_name,
+    operator_target,
+    vllm_target,
+    with_static_targets,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_NAMES = ROOT / "tests" / "fixtures" / "vllm_metric_names.txt"

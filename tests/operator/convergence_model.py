@@ -8,12 +8,12 @@ import json
 from typing import Any
 
 from scibox_operator.api.names import FIELD_MANAGER
-from scibox_operator.reconcile.diff import RENDER_HASH_ANNOTATION
-from scibox_operator.runtime.kube import KINDS
-from scibox_operator.reconcile.desired import Observed, child_keys, desired
-from scibox_operator.planning.serving_plan import GpuNode, decide_serving_plan, gpu_node_from_body
 from scibox_operator.api.spec import parse, short_hash
+from scibox_operator.planning.serving_plan import GpuNode, decide_serving_plan, gpu_node_from_body
+from scibox_operator.reconcile.desired import Observed, child_keys, desired
+from scibox_operator.reconcile.diff import RENDER_HASH_ANNOTATION
 from scibox_operator.reconcile.status import CacheState
+from scibox_operator.runtime.kube import KINDS
 
 CHECKED_KINDS = ("PersistentVolumeClaim", "Deployment", "LeaderWorkerSet", "Service", "NetworkPolicy",
                  "ServiceMonitor")

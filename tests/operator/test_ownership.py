@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scibox_operator.planning.serving_plan import cache_claim_name
 from scibox_operator.api.spec import parse
+from scibox_operator.planning.serving_plan import cache_claim_name
 from tests.faults.convergence import wait_controllers_recovered
 from tests.fixtures.operator import OperatorProcess
 from tests.fixtures.tcp_proxy import TcpProxy

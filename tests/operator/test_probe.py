@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -28,8 +28,14 @@ from hypothesis import strategies as st
 
 from scibox_operator.api.conditions import make_condition
 from scibox_operator.readiness.probe import probe_endpoint
-from scibox_operator.readiness.verdicts import (ProbeReason, ProbeResult, classify_completion, classify_health,
-                                                classify_models, summarize_readiness)
+from scibox_operator.readiness.verdicts import (
+    ProbeReason,
+    ProbeResult,
+    classify_completion,
+    classify_health,
+    classify_models,
+    summarize_readiness,
+)
 from tests.fixtures.vllm import VLLMServer, free_port
 
 API_KEY = "scibox-test-key"
@@ -354,7 +360,7 @@ def test_ready_exactly_when_some_replica_serves(reasons: list[ProbeReason], desi
 
 # --- conditions (pure) --------------------------------------------------------------------------
 
-T0 = datetime(2026, 11, 25, 7, 0, 0, 123456, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 7, 0, 0, 123456, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
 
 

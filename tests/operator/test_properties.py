@@ -26,17 +26,17 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from scibox_operator.api.spec import InvalidSpec, parse
 from scibox_operator.cli import render_manifests
 from scibox_operator.engine.vllm_args import FORBIDDEN_FLAGS, OWNED_FLAGS, SERVICE_ENV
 from scibox_operator.planning import GPU_TABLE
+from scibox_operator.planning.serving_plan import GpuNode, PlanFailure, decide_serving_plan
 from scibox_operator.render.cache import render_cache_pvc, render_download_job
 from scibox_operator.render.deployment import render_deployment
 from scibox_operator.render.leaderworkerset import render_leader_worker_set
 from scibox_operator.render.monitoring import render_service_monitor
 from scibox_operator.render.network_policy import render_network_policy
 from scibox_operator.render.service import render_service
-from scibox_operator.planning.serving_plan import GpuNode, PlanFailure, decide_serving_plan
-from scibox_operator.api.spec import InvalidSpec, parse
 
 PROPERTY_SETTINGS = settings(max_examples=300, deadline=None,
                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

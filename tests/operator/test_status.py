@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from scibox_operator.readiness.verdicts import summarize_readiness
-from scibox_operator.planning.serving_plan import ServingPlan
 from scibox_operator.api.spec import parse
 from scibox_operator.engine.cache_layout import pod_download_report as download_report
+from scibox_operator.planning.serving_plan import ServingPlan
+from scibox_operator.readiness.verdicts import summarize_readiness
 from scibox_operator.reconcile.status import CacheState, Failure, compute_status, status_differs
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 VD = parse({"metadata": {"name": "m", "namespace": "n", "uid": "u", "generation": 2},
             "spec": {"model": {"name": "a/b"}, "replicas": 2}})
 PLAN = ServingPlan(2, 1, 2, "because", "claim", False, "10Gi", "img")

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from scibox_operator import release
-from scibox_operator.render.deployment import GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL, render_deployment
-from scibox_operator.planning.serving_plan import decide_serving_plan, gpu_node_from_body, matching_gpu_nodes
 from scibox_operator.api.spec import parse
+from scibox_operator.planning.serving_plan import decide_serving_plan, gpu_node_from_body, matching_gpu_nodes
+from scibox_operator.render.deployment import GPU_MEMORY_LABEL, GPU_PRODUCT_LABEL, render_deployment
 
 from .workflow import ROOT
 

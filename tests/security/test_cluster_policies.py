@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.operator import OperatorProcess
 from scibox_operator.readiness.ownership import owned_by
-from tests.operator.kubehelp import condition, get, owner_chain_lookup, wait_for
-
 from tests.faults.convergence import CHILD_KINDS, MANAGED, apply_all, vllmd, wait_converged
+from tests.fixtures.operator import OperatorProcess
+from tests.operator.kubehelp import condition, get, owner_chain_lookup, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from scibox_operator.runtime.hub import DEFAULT_ENDPOINT
-from scibox_operator.reconcile.policy import AdminPolicy, policy_violation
-from scibox_operator.planning.serving_plan import DEFAULT_VLLM_IMAGE, GpuNode, PlanFailure, decide_serving_plan
 from scibox_operator.api.spec import InvalidSpec, parse
+from scibox_operator.planning.serving_plan import DEFAULT_VLLM_IMAGE, GpuNode, PlanFailure, decide_serving_plan
+from scibox_operator.reconcile.policy import AdminPolicy, policy_violation
+from scibox_operator.runtime.hub import DEFAULT_ENDPOINT
 from tests.fixtures.tiny_model import CONFIG as TINY_CONFIG
 
 from .corpus import load_cases

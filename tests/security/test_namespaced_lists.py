@@ -8,8 +8,8 @@ import asyncio
 
 from aiohttp import web
 
-from scibox_operator.reconcile.reconciler import Controller
 from scibox_operator.config import Settings
+from scibox_operator.reconcile.reconciler import Controller
 from scibox_operator.runtime.kube import KINDS, KubeClient, list_objects, list_paths, watched_namespaces
 
 from .test_reconcile_policy import Credentials, Recorder, serving

@@ -6,8 +6,20 @@ from dataclasses import dataclass
 
 import pytest
 
-from scibox_operator.reconcile.policy import (CODE_LOADING_ENV, CODE_LOADING_ENV_FORBIDDEN, ENDPOINT_NOT_ALLOWED, IMAGE_NOT_ALLOWED, TRUST_REMOTE_CODE_FORBIDDEN, AdminPolicy, PolicyError, code_loading_reason, endpoint_origin, image_allowed, policy_violation)
 from scibox_operator.api.spec import InvalidSpec, parse
+from scibox_operator.reconcile.policy import (
+    CODE_LOADING_ENV,
+    CODE_LOADING_ENV_FORBIDDEN,
+    ENDPOINT_NOT_ALLOWED,
+    IMAGE_NOT_ALLOWED,
+    TRUST_REMOTE_CODE_FORBIDDEN,
+    AdminPolicy,
+    PolicyError,
+    code_loading_reason,
+    endpoint_origin,
+    image_allowed,
+    policy_violation,
+)
 
 HUB = "https://huggingface.co"
 MIRROR = "http://127.0.0.1:8765"

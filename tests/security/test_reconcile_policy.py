@@ -16,8 +16,8 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from scibox_operator.reconcile.reconciler import Controller
 from scibox_operator.config import Settings
+from scibox_operator.reconcile.reconciler import Controller
 from scibox_operator.runtime.kube import KubeClient
 
 NS, TOKEN = "team", "hf_secret_token"

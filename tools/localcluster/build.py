@@ -206,7 +206,7 @@ def _build_locked(tool: GoTool | RepoGoTool) -> Path:
     tmp_out = tool.bin_dir.with_name(tool.bin_dir.name + ".partial")
     shutil.rmtree(tmp_out, ignore_errors=True)
     tmp_out.mkdir(parents=True)
-    for binary, package in zip(tool.binaries, tool.packages):
+    for binary, package in zip(tool.binaries, tool.packages, strict=True):
         log(f"{tool.name}: compiling {binary} (minutes on 2 cores for Kubernetes)")
         t0 = time.monotonic()
         _go(["build", *mod_flags, "-trimpath", f"-ldflags={tool.ldflags}", "-o", str(tmp_out / binary), package],

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import yaml
 
-from . import build, nodes as node_shapes, pki, prometheus_crds, provisioner
+from . import build, pki, prometheus_crds, provisioner
+from . import nodes as node_shapes
 from .rest import ApiError, Rest
 
 DEFAULT_NAME = "scibox"
@@ -362,7 +363,7 @@ class Cluster:
 
     @classmethod
     def up(cls, name: str = DEFAULT_NAME, state_dir: Path | None = None,
-           nodes: list[node_shapes.NodeShape] | None = None, timeout: float = 120.0) -> "Cluster":
+           nodes: list[node_shapes.NodeShape] | None = None, timeout: float = 120.0) -> Cluster:
         """Start the cluster, or return a handle on the one already up (`started` False)."""
         cluster = cls(name=name, state_dir=state_dir)
         cluster.start(nodes=nodes, timeout=timeout)

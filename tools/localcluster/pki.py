@@ -48,7 +48,7 @@ def _name(common_name: str, organizations: tuple[str, ...] = ()) -> x509.Name:
 
 def _now() -> datetime.datetime:
     # Backdated a little so a fresh cert is valid for a process whose clock reads it at once.
-    return datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    return datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
 
 
 class CertificateAuthority:
@@ -57,7 +57,7 @@ class CertificateAuthority:
         self.key = key
 
     @classmethod
-    def create(cls, common_name: str = "scibox-local-cluster-ca") -> "CertificateAuthority":
+    def create(cls, common_name: str = "scibox-local-cluster-ca") -> CertificateAuthority:
         key = ec.generate_private_key(ec.SECP256R1())
         name = _name(common_name)
         cert = (

@@ -77,10 +77,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tools.localcluster.vllm_cpu import SERVER_ENV
 
@@ -136,11 +137,11 @@ def log(msg: str) -> None:
 
 
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def now_micro() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # ---- pure helpers (unit-tested) -------------------------------------------------------------
@@ -601,7 +602,7 @@ class PodWorker:
     Not a Thread subclass on purpose: Thread's private methods (`_delete`, `_stop`, ...) would
     be overridden by same-named ones here, and Thread calls `_delete` when the thread ends."""
 
-    def __init__(self, runner: "Runner", pod: dict):
+    def __init__(self, runner: Runner, pod: dict):
         meta = pod["metadata"]
         self.thread = threading.Thread(target=self.run, name=f"pod-{meta['namespace']}/{meta['name']}",
                                        daemon=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 # metav1.Condition limits (apimachinery validation): the message is capped at 32768 characters.
 _MAX_CONDITION_MESSAGE = 32768
@@ -12,7 +13,7 @@ _MAX_CONDITION_MESSAGE = 32768
 def _rfc3339(now: datetime) -> str:
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware (e.g. datetime.now(timezone.utc))")
-    return now.astimezone(timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return now.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def make_condition(

@@ -7,14 +7,15 @@ checks that need code, so the rest of the operator never digs in dicts.
 
 from __future__ import annotations
 
-from scibox_operator.api.names import API_VERSION
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from scibox_operator.api.names import API_VERSION
 from scibox_operator.engine.cache_layout import model_cache_path
 from scibox_operator.engine.vllm_args import validate_env, validate_extra_args
 

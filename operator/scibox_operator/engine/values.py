@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "DTYPES",

@@ -20,9 +20,9 @@ VLLM_API_KEY (vllm/entrypoints/serve/middleware/register.py: `args.api_key or
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from . import values as check
 from .values import DTYPES

@@ -8,8 +8,8 @@ import os
 import sys
 
 from .errors import PlanError
-from .gpus import lookup_gpu
 from .facts_from_config import model_facts_from_config
+from .gpus import lookup_gpu
 from .planner import plan_parallelism
 
 

@@ -44,8 +44,8 @@ class LayerParams:
         return (self.sharded_linear + self.kv_linear + self.replicated_linear
                 + self.sharded_other + self.kv_other + self.replicated_other)
 
-    def __add__(self, other: "LayerParams") -> "LayerParams":
-        return LayerParams(*(a + b for a, b in zip(_fields(self), _fields(other))))
+    def __add__(self, other: LayerParams) -> LayerParams:
+        return LayerParams(*(a + b for a, b in zip(_fields(self), _fields(other), strict=True)))
 
 
 def _fields(p: LayerParams) -> tuple[int, ...]:

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from .errors import PlanError
 from .facts import ModelFacts
 from .gpus import GIB, GpuType
-from .numerics import (QuantScheme, kv_cache_dtype_bytes, resolve_serving_dtype, same_family,
-                       scheme_for_requested)
+from .numerics import QuantScheme, kv_cache_dtype_bytes, resolve_serving_dtype, same_family, scheme_for_requested
 from .weights import Storage
 
 

@@ -21,7 +21,7 @@ class Storage:
     other: float
 
     @classmethod
-    def of(cls, dtype: str, scheme: QuantScheme | None) -> "Storage":
+    def of(cls, dtype: str, scheme: QuantScheme | None) -> Storage:
         other = DTYPE_BYTES[dtype]
         return cls(scheme.bytes_per_weight if scheme else other, other)
 

@@ -18,7 +18,8 @@ references to names that do not chain up, node-network pods.)
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 # kind -> (apiVersion, the kind its controller must be): the two chains above, and nothing else.
 CHAINS: dict[str, tuple[tuple[str, str], ...]] = {

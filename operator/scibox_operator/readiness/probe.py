@@ -7,13 +7,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from scibox_operator.readiness.verdicts import (ProbeReason, ProbeResult, classify_completion, classify_health,
-                                                classify_models)
+from scibox_operator.readiness.verdicts import (
+    ProbeReason,
+    ProbeResult,
+    classify_completion,
+    classify_health,
+    classify_models,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +76,7 @@ async def _fetch(
             raise_for_status=False,  # the status is the answer here, whatever the session's default
         ) as response:
             return response.status, await _read_text(response, _MAX_BODY_BYTES)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+    except (TimeoutError, aiohttp.ClientError, OSError) as error:
         raise _Unreachable(path, error) from error
 
 

@@ -16,14 +16,14 @@ from typing import Any
 import aiohttp
 
 from scibox_operator import metrics
-from scibox_operator.reconcile.reconciler import Controller
-from scibox_operator.runtime.store import Key
+from scibox_operator.api.spec import InvalidSpec, parse
 from scibox_operator.readiness.ownership import pod_is_ours
 from scibox_operator.readiness.probe import probe_endpoint
 from scibox_operator.readiness.verdicts import ProbeReason, ProbeResult, summarize_readiness
+from scibox_operator.reconcile.reconciler import Controller
 from scibox_operator.render.deployment import CONTAINER_PORT
 from scibox_operator.render.service import LEADER_INDEX_LABEL
-from scibox_operator.api.spec import InvalidSpec, parse
+from scibox_operator.runtime.store import Key
 
 log = logging.getLogger(__name__)
 

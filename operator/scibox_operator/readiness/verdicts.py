@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
 
+
 class ProbeReason(StrEnum):
     """Why a replica is (not) serving. Values double as metav1.Condition reasons (CamelCase)."""
 

@@ -4,16 +4,17 @@ nothing this VLLMDeployment does not own (the only module that writes children).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from scibox_operator import metrics
 from scibox_operator.api.spec import VLLMDeployment
+from scibox_operator.reconcile.desired import Desired
+from scibox_operator.reconcile.diff import needs_apply, owned_by
+from scibox_operator.reconcile.status import Failure
 from scibox_operator.runtime.kube import KINDS, ApiError, KubeClient
 from scibox_operator.runtime.store import Store
-from scibox_operator.reconcile.diff import needs_apply, owned_by
-from scibox_operator.reconcile.desired import Desired
-from scibox_operator.reconcile.status import Failure
 
 # Kinds whose pods mount the cache claim.
 MOUNTING_KINDS = ("Job", "Deployment", "LeaderWorkerSet")

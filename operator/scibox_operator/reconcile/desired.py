@@ -7,20 +7,22 @@ byte-identical children, each stamped with its render hash (see diff.py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
+from scibox_operator.api.quantity import parse_quantity
+from scibox_operator.api.spec import VLLMDeployment
+from scibox_operator.planning.serving_plan import DEFAULT_VLLM_IMAGE, ServingPlan
 from scibox_operator.reconcile.diff import needs_apply, stamped
-from ..render.cache import render_cache_pvc, render_download_job, download_job_name
+from scibox_operator.reconcile.status import CacheState, Failure
+
+from ..render.cache import download_job_name, render_cache_pvc, render_download_job
 from ..render.deployment import render_deployment
 from ..render.leaderworkerset import INSTALL_HINT, leader_worker_set_name, render_leader_worker_set
 from ..render.monitoring import render_service_monitor
 from ..render.network_policy import render_network_policy
 from ..render.service import render_service
-from scibox_operator.planning.serving_plan import DEFAULT_VLLM_IMAGE, ServingPlan
-from scibox_operator.api.spec import VLLMDeployment
-from scibox_operator.reconcile.status import CacheState, Failure
-from scibox_operator.api.quantity import parse_quantity
 
 ChildKey = tuple[str, str]  # (kind, name); the namespace is the VLLMDeployment's
 

@@ -13,11 +13,11 @@ A reconcile with nothing to change therefore sends nothing: both checks read the
 
 from __future__ import annotations
 
-from scibox_operator.api.names import RENDER_HASH_ANNOTATION
 import hashlib
 import json
 from typing import Any
 
+from scibox_operator.api.names import RENDER_HASH_ANNOTATION
 from scibox_operator.render.common import CACHE_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
 # Cache claims and download Jobs are shared by every VLLMDeployment of a model and a Retain claim

@@ -4,10 +4,11 @@ after an operator restart never turns a serving model Failed nor resizes its cac
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from scibox_operator.planning.serving_plan import ServingPlan, cache_claim_name
 from scibox_operator.api.spec import VLLMDeployment, short_hash
+from scibox_operator.planning.serving_plan import ServingPlan, cache_claim_name
 
 
 def plan_inputs(vd: VLLMDeployment) -> str:

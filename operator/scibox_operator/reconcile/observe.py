@@ -5,10 +5,10 @@ from __future__ import annotations
 from scibox_operator.api.names import RWX_ANNOTATION
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.planning.serving_plan import ServingPlan, cache_claim_name
-from scibox_operator.render.cache import download_job_name
-from scibox_operator.runtime.store import Store
 from scibox_operator.reconcile.desired import Observed, child_keys
 from scibox_operator.reconcile.status import CacheState
+from scibox_operator.render.cache import download_job_name
+from scibox_operator.runtime.store import Store
 
 
 def observe(store: Store, vd: VLLMDeployment, plan: ServingPlan, *, default_image: str, hub_endpoint: str | None,

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from scibox_operator.api.spec import VLLMDeployment
@@ -161,7 +162,7 @@ class AdminPolicy:
 
     @classmethod
     def build(cls, *, default_hub_endpoint: str, default_image: str, allowed_hub_endpoints: list[str] | None,
-              image_prefixes: list[str], forbid_trust_remote_code: bool) -> "AdminPolicy":
+              image_prefixes: list[str], forbid_trust_remote_code: bool) -> AdminPolicy:
         """Raises PolicyError when the operator's own defaults would break the policy: an
         operator that refused every model for its own default hub or image must not start."""
         endpoints = list(allowed_hub_endpoints) if allowed_hub_endpoints else [default_hub_endpoint]
@@ -177,7 +178,7 @@ class AdminPolicy:
         return cls(origins, tuple(e.rstrip("/") for e in endpoints), prefixes, forbid_trust_remote_code)
 
     @classmethod
-    def from_settings(cls, settings: Any, env: Mapping[str, str] | None = None) -> "AdminPolicy":
+    def from_settings(cls, settings: Any, env: Mapping[str, str] | None = None) -> AdminPolicy:
         """`settings` is the controller's Settings (hub_endpoint, vllm_image,
         forbid_trust_remote_code: their one home); the allowlists come from the environment."""
         env = os.environ if env is None else env

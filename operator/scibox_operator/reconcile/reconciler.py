@@ -13,9 +13,10 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 
@@ -23,6 +24,12 @@ from scibox_operator import metrics
 from scibox_operator.api.spec import InvalidSpec, VLLMDeployment, parse, short_hash
 from scibox_operator.config import Settings
 from scibox_operator.planning.serving_plan import PlanFailure, ServingPlan, decide_serving_plan
+from scibox_operator.reconcile.apply import Applier, conflict_failure
+from scibox_operator.reconcile.desired import desired
+from scibox_operator.reconcile.last_plan import last_known_plan, plan_inputs
+from scibox_operator.reconcile.observe import cache_shared, observe
+from scibox_operator.reconcile.policy import AdminPolicy, policy_violation
+from scibox_operator.reconcile.status import Failure, PlanNote, compute_status, status_differs
 from scibox_operator.render.service import endpoint_url
 from scibox_operator.runtime.hub import HubClient, HubError
 from scibox_operator.runtime.kube import ApiError, KubeClient
@@ -30,12 +37,6 @@ from scibox_operator.runtime.secrets import SecretReader
 from scibox_operator.runtime.store import Key, Store, trim
 from scibox_operator.runtime.sync import StoreSync
 from scibox_operator.runtime.workqueue import WorkQueue
-from scibox_operator.reconcile.apply import Applier, conflict_failure
-from scibox_operator.reconcile.desired import desired
-from scibox_operator.reconcile.last_plan import last_known_plan, plan_inputs
-from scibox_operator.reconcile.observe import cache_shared, observe
-from scibox_operator.reconcile.policy import AdminPolicy, policy_violation
-from scibox_operator.reconcile.status import Failure, PlanNote, compute_status, status_differs
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Controller:
         try:
             self.enqueue(await self.sync.relist_vllmdeployments())
             self.enqueue(await self.sync.relist_children())
-        except (ApiError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, ApiError, OSError, aiohttp.ClientError) as exc:
             log.warning("re-listing VLLMDeployments failed (the next resync retries): %s", exc)
 
     def start(self) -> None:
@@ -123,7 +124,7 @@ class Controller:
                 result = "ok"
                 try:
                     retry_after = await self.reconcile(key)
-                except (ApiError, HubError, OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+                except (TimeoutError, ApiError, HubError, OSError, aiohttp.ClientError) as exc:
                     result = "error"
                     retry_after = self._backoff(key, transient=_transient(exc))
                     log.warning("reconcile %s/%s failed (retry in %.0fs): %s", *key, retry_after, exc)
@@ -158,7 +159,7 @@ class Controller:
         body = self.store.vllmds.get(key)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return None  # children carry owner references: the garbage collector removes them
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         current_status = body.get("status") or {}
         try:
             vd = parse(body)
@@ -210,7 +211,7 @@ class Controller:
         return None
 
     async def _plan(self, key: Key, vd: VLLMDeployment,
-                    current_status: dict[str, Any]) -> "tuple[ServingPlan, PlanNote | None] | PlanOutcomeFailure":
+                    current_status: dict[str, Any]) -> tuple[ServingPlan, PlanNote | None] | PlanOutcomeFailure:
         """The serving plan from the hub's metadata, or the last plan in status while the hub
         cannot be read (an outage must not turn a serving model Failed)."""
         config = index = None
@@ -275,7 +276,7 @@ class Controller:
         message = f"phase {status.get('phase')}: {ready['message'] if ready else ''}".strip()
         try:
             await self.client.create_event(body, type_="Warning" if failed else "Normal", reason=reason, message=message)
-        except (ApiError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ApiError, OSError) as exc:
             log.info("event for %s not posted: %s", body["metadata"]["name"], exc)
 
 

@@ -21,7 +21,7 @@ class CacheState:
     message: str = ""
 
     @classmethod
-    def from_job(cls, job: dict[str, Any] | None, summary: dict[str, Any] | None = None) -> "CacheState":
+    def from_job(cls, job: dict[str, Any] | None, summary: dict[str, Any] | None = None) -> CacheState:
         """`summary` is the download script's JSON report, read from its pod's termination message."""
         if job is None:
             return cls(False, reason="DownloadPending", message="the download Job is being created")

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from scibox_operator.api.names import MODEL_ANNOTATION, REVISION_ANNOTATION
 from typing import Any
 
+from scibox_operator.api.names import MODEL_ANNOTATION, REVISION_ANNOTATION
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.engine.cache_layout import DOWNLOAD_EXIT_CODES
 from scibox_operator.planning.serving_plan import MODELS_MOUNT, ServingPlan
-from .common import (CACHE, CACHE_LABEL, DOWNLOAD, OWNER_NAME_LABEL, container_security_context, labels,
-                     pod_security_context)
+
+from .common import (
+    CACHE,
+    CACHE_LABEL,
+    DOWNLOAD,
+    OWNER_NAME_LABEL,
+    container_security_context,
+    labels,
+    pod_security_context,
+)
 
 DOWNLOAD_SCRIPT = "/opt/scibox/download_model.sh"
 # Exit codes of download_model.sh that no retry can fix: the Job fails at once instead of

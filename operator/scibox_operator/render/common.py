@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from scibox_operator.api.names import (CACHE, CACHE_LABEL, COMPONENT_LABEL, DOWNLOAD, INSTANCE_LABEL, MANAGED_BY,
-                                      MANAGED_BY_LABEL, NAME_LABEL, OWNER_NAME_LABEL, PART_OF_LABEL, SERVER)
+from scibox_operator.api.names import (
+    CACHE,
+    CACHE_LABEL,
+    COMPONENT_LABEL,
+    DOWNLOAD,
+    INSTANCE_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    OWNER_NAME_LABEL,
+    PART_OF_LABEL,
+    SERVER,
+)
 from scibox_operator.api.spec import VLLMDeployment
 
 __all__ = ["CACHE", "CACHE_LABEL", "COMPONENT_LABEL", "DOWNLOAD", "INSTANCE_LABEL", "MANAGED_BY", "MANAGED_BY_LABEL",

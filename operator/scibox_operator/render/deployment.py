@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from scibox_operator.api.names import API_KEY_DIGEST_ANNOTATION
 import copy
 from typing import Any
 
+from scibox_operator.api.names import API_KEY_DIGEST_ANNOTATION
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.engine.vllm_args import EngineSettings, render_vllm_args
 from scibox_operator.planning.serving_plan import GIB, MODELS_MOUNT, ServingPlan, model_dir
+
 from .common import SERVER, container_security_context, metadata, pod_security_context, selector_labels
 
 CONTAINER_PORT = 8000

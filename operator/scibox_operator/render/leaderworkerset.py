@@ -11,8 +11,9 @@ import copy
 import shlex
 from typing import Any
 
-from scibox_operator.planning.serving_plan import ServingPlan
 from scibox_operator.api.spec import VLLMDeployment
+from scibox_operator.planning.serving_plan import ServingPlan
+
 from .common import SERVER, metadata
 from .deployment import render_deployment
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from scibox_operator.api.spec import VLLMDeployment
+
 from .common import SERVER, metadata, selector_labels
 
 

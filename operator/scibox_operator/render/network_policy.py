@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from scibox_operator.api.spec import VLLMDeployment
+
 from .common import SERVER, metadata, selector_labels
 from .deployment import CONTAINER_PORT
 

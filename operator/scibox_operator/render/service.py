@@ -6,9 +6,8 @@ from typing import Any
 
 from scibox_operator.api.names import LEADER_INDEX_LABEL
 from scibox_operator.api.spec import VLLMDeployment
+
 from .common import SERVER, metadata, selector_labels
-
-
 
 
 def render_service(vd: VLLMDeployment, *, multi_node: bool = False) -> dict[str, Any]:

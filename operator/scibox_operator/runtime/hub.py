@@ -42,7 +42,7 @@ class HubError(Exception):
         self.message = message
         self.permanent = permanent
 
-    def fresh(self) -> "HubError":
+    def fresh(self) -> HubError:
         """The same failure as a new exception. A remembered exception must not be raised
         again: each raise extends its traceback, which then keeps every caller's frame (and
         what those frames hold) alive for as long as the failure is remembered."""
@@ -132,7 +132,7 @@ class HubClient:
                 raw = await _read_capped(resp, self.max_bytes)
         except HubError:
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise HubError("HubUnreachable", f"{url}: the hub did not answer within {self._timeout.total:g} s",
                            permanent=False) from None
         except (aiohttp.ClientError, OSError) as exc:

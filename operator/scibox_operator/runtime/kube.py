@@ -12,8 +12,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -228,7 +229,7 @@ def _oldest(versions: list[str]) -> str:
         return versions[0]
 
 
-async def list_objects(client: "KubeClient", kind: str, namespaces: Sequence[str] | None = None,
+async def list_objects(client: KubeClient, kind: str, namespaces: Sequence[str] | None = None,
                        params: dict[str, str] | None = None) -> dict[str, Any]:
     """A LIST answer ({"metadata": {"resourceVersion"}, "items"}) over the served namespaces: the
     items of every list, and the oldest list's resourceVersion (an object not listed and not

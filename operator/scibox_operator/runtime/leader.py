@@ -24,9 +24,10 @@ import os
 import random
 import socket
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from scibox_operator.runtime.kube import ApiError, KubeClient
 
@@ -55,7 +56,7 @@ class Timing:
             raise ValueError(f"leader election needs a request timeout below the renew deadline: {self}")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Timing":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Timing:
         defaults = cls()
         return cls(
             lease_seconds=int(environ.get("SCIBOX_LEADER_LEASE_SECONDS", defaults.lease_seconds)),
@@ -71,7 +72,7 @@ class LeaseTaken(Exception):
 
 def _now_text() -> str:
     # MicroTime, as the API server writes it
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _record(lease: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from scibox_operator.api.names import (CACHE_LABEL, COMPONENT_LABEL, DOWNLOAD, LEADER_WORKER_SET_CRD, MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL, SERVER, SERVICE_MONITOR_CRD)
+from scibox_operator.api.names import (
+    CACHE_LABEL,
+    COMPONENT_LABEL,
+    DOWNLOAD,
+    LEADER_WORKER_SET_CRD,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    OWNER_NAME_LABEL,
+    SERVER,
+    SERVICE_MONITOR_CRD,
+)
 from scibox_operator.api.spec import InvalidSpec, VLLMDeployment, parse
 from scibox_operator.planning.serving_plan import GpuNode
 
@@ -63,7 +74,7 @@ class Store:
     # (namespace, VLLMDeployment name) -> names of its server pods: the prober's lookup per
     # object must not scan every pod of the cluster (that was quadratic at 1000 objects)
     pods_by_owner: dict[Key, set[str]] = field(default_factory=dict)
-    readiness: dict[Key, "ReadinessSummary"] = field(default_factory=dict)
+    readiness: dict[Key, ReadinessSummary] = field(default_factory=dict)
     # (namespace, job name) -> the download script's JSON report of its latest finished pod
     downloads: dict[Key, dict[str, Any]] = field(default_factory=dict)
     established_crds: set[str] = field(default_factory=set)

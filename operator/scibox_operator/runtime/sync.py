@@ -9,7 +9,20 @@ from scibox_operator.api.names import API_VERSION, COMPONENT_LABEL, DOWNLOAD, WA
 from scibox_operator.engine.cache_layout import pod_download_report
 from scibox_operator.planning.serving_plan import gpu_node_from_body
 from scibox_operator.runtime.kube import KINDS, ApiError, KubeClient, list_objects
-from scibox_operator.runtime.store import (CHILD_KINDS, DOWNLOAD_POD_SELECTOR, OURS_SELECTOR, SERVER_POD_SELECTOR, Key, Store, crd_established, newer, pod_summary, reconcile_listing, storage_class_summary, trim)
+from scibox_operator.runtime.store import (
+    CHILD_KINDS,
+    DOWNLOAD_POD_SELECTOR,
+    OURS_SELECTOR,
+    SERVER_POD_SELECTOR,
+    Key,
+    Store,
+    crd_established,
+    newer,
+    pod_summary,
+    reconcile_listing,
+    storage_class_summary,
+    trim,
+)
 
 
 class StoreSync:

@@ -4,6 +4,9 @@ vLLM 0.32's own argument parser."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from scibox_operator.engine import vllm_args
 from scibox_operator.engine.vllm_args import (
@@ -163,7 +166,6 @@ def test_render_refuses_invalid_settings_built_in_code():
 
 # --- property: anything render_vllm_args accepts, vLLM parses to the same values ---------------------
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
 
 _path_text = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF, blacklist_characters="\x7f"),
                      min_size=1, max_size=30)

@@ -9,8 +9,7 @@ GPUs, placeable within the node limit, fits.
 
 from __future__ import annotations
 
-from scibox_operator.planning import (ModelFacts, Plan, evaluate_layout, kv_bytes_per_token,
-                                      tensor_parallel_problem)
+from scibox_operator.planning import ModelFacts, Plan, evaluate_layout, kv_bytes_per_token, tensor_parallel_problem
 
 
 def assert_rules(model: ModelFacts, plan: Plan, gpus_per_node: int) -> None:

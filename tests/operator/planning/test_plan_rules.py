@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scibox_operator.planning import (PlanError, evaluate_layout, lookup_gpu, plan_parallelism,
-                                      tensor_parallel_problem)
+from scibox_operator.planning import PlanError, evaluate_layout, lookup_gpu, plan_parallelism, tensor_parallel_problem
 
 from .conftest import load_config, load_model
 from .plan_checks import assert_fits, assert_rules

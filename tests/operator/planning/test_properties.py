@@ -8,8 +8,7 @@ import copy
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from scibox_operator.planning import (GPU_TABLE, PlanError, model_facts_from_config,
-                                      plan_parallelism)
+from scibox_operator.planning import GPU_TABLE, PlanError, model_facts_from_config, plan_parallelism
 
 from .conftest import CONFIG_NAMES, load_config, load_model
 from .plan_checks import assert_fits, assert_minimal, assert_rules

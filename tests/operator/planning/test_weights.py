@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from scibox_operator.planning.weights import (Storage, estimated_checkpoint_bytes, pipeline_stages,
-                                              total_weight_bytes, weight_bytes_per_stage)
+from scibox_operator.planning.weights import (
+    Storage,
+    estimated_checkpoint_bytes,
+    pipeline_stages,
+    total_weight_bytes,
+    weight_bytes_per_stage,
+)
 
 from .conftest import load_model
 

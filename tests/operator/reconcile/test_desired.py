@@ -6,12 +6,12 @@ import copy
 
 import pytest
 
-from scibox_operator.reconcile.diff import RENDER_HASH_ANNOTATION, needs_apply, owned_by
-from scibox_operator.reconcile.desired import Observed, desired
-from scibox_operator.reconcile.last_plan import last_known_plan, plan_inputs
 from scibox_operator.api.quantity import parse_quantity
-from scibox_operator.planning.serving_plan import ServingPlan, cache_claim_name
 from scibox_operator.api.spec import parse
+from scibox_operator.planning.serving_plan import ServingPlan, cache_claim_name
+from scibox_operator.reconcile.desired import Observed, desired
+from scibox_operator.reconcile.diff import RENDER_HASH_ANNOTATION, needs_apply, owned_by
+from scibox_operator.reconcile.last_plan import last_known_plan, plan_inputs
 from scibox_operator.reconcile.status import CacheState, plan_status
 
 CACHED = CacheState(True, reason="Downloaded")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from scibox_operator.api.spec import parse
+from scibox_operator.planning.serving_plan import GpuNode, PlanFailure, decide_serving_plan
 from scibox_operator.render.leaderworkerset import render_leader_worker_set
 from scibox_operator.render.service import render_service
-from scibox_operator.planning.serving_plan import GpuNode, PlanFailure, decide_serving_plan
-from scibox_operator.api.spec import parse
 
 CONFIGS = Path(__file__).resolve().parents[1] / "planning" / "configs"
 H100 = (("nvidia.com/gpu.memory", "81559"), ("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from scibox_operator.api.spec import parse
 from scibox_operator.render.deployment import CONTAINER_PORT
 from scibox_operator.render.network_policy import render_network_policy
-from scibox_operator.api.spec import parse
 
 MODEL_PORT = [{"protocol": "TCP", "port": CONTAINER_PORT}]
 

@@ -7,12 +7,12 @@ import copy
 import pytest
 import yaml
 
+from scibox_operator.api.spec import InvalidSpec, parse
+from scibox_operator.planning.serving_plan import ServingPlan, cache_claim_name, decide_serving_plan, model_dir
 from scibox_operator.render.cache import download_job_name, render_cache_pvc, render_download_job
 from scibox_operator.render.deployment import render_deployment
 from scibox_operator.render.monitoring import render_service_monitor
 from scibox_operator.render.service import render_service
-from scibox_operator.planning.serving_plan import ServingPlan, cache_claim_name, decide_serving_plan, model_dir
-from scibox_operator.api.spec import InvalidSpec, parse
 
 
 def body(name="m", uid="uid-1", **spec):

@@ -11,10 +11,10 @@ import json
 
 import pytest
 
+from scibox_operator.api.spec import parse
+from scibox_operator.planning.serving_plan import ServingPlan, cache_claim_name, decide_serving_plan
 from scibox_operator.render.deployment import GIB, render_deployment
 from scibox_operator.render.leaderworkerset import render_leader_worker_set
-from scibox_operator.planning.serving_plan import ServingPlan, cache_claim_name, decide_serving_plan
-from scibox_operator.api.spec import parse
 
 from .test_renderers import body
 
@@ -128,8 +128,9 @@ def test_spec_resources_override_the_plan_and_removing_them_restores_it():
 
 
 def test_the_llama_70b_sample_is_guaranteed_its_cpu_and_memory():
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     sample = yaml.safe_load((Path(__file__).resolve().parents[3] / "manifests" / "samples" / "llama-70b-8gpu.yaml")
                             .read_text())

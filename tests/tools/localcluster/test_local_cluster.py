@@ -8,11 +8,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from tests.waiting import wait_for as poll
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.waiting import wait_for as poll
 from tools.localcluster import Cluster, NodeShape, versions
 from tools.localcluster.provisioner import STORAGE_CLASS
 

@@ -13,16 +13,24 @@ import uuid
 
 import psutil
 import pytest
-
-from tests.waiting import wait_for as poll
 import yaml
 
+from tests.waiting import wait_for as poll
 from tools.localcluster import Cluster, NodeShape
 from tools.localcluster import lws as lws_mod
 from tools.localcluster.lws import (
-    ENV_GROUP_SIZE, ENV_LEADER_ADDRESS, ENV_WORKER_INDEX, GROUP_INDEX_LABEL, GROUP_KEY_LABEL,
-    LEADER_NAME_ANNOTATION, NAME_LABEL, REVISION_LABEL, SIZE_ANNOTATION, WORKER_INDEX_LABEL,
-    LwsController, container_env,
+    ENV_GROUP_SIZE,
+    ENV_LEADER_ADDRESS,
+    ENV_WORKER_INDEX,
+    GROUP_INDEX_LABEL,
+    GROUP_KEY_LABEL,
+    LEADER_NAME_ANNOTATION,
+    NAME_LABEL,
+    REVISION_LABEL,
+    SIZE_ANNOTATION,
+    WORKER_INDEX_LABEL,
+    LwsController,
+    container_env,
 )
 from tools.localcluster.nodes import GPU_RESOURCE, H100_LABELS
 from tools.localcluster.rest import ApiError

@@ -19,7 +19,6 @@ import psutil
 import pytest
 
 from tests.waiting import wait_for as poll
-
 from tools.localcluster import Cluster
 from tools.localcluster.nodes import REAL_RUNNER_TOLERATION, real_runner_node
 from tools.localcluster.rest import ApiError, Rest

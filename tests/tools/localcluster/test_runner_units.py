@@ -9,10 +9,26 @@ from pathlib import Path
 import pytest
 
 from tools.localcluster import runner
-from tools.localcluster.runner import (CLOSED_HUB_ENDPOINT, ConfigError, StartError, adapt_for_this_host, allocate_ip,
-                                       egress_violations, expand_references, host_command, map_path, parse_taint,
-                                       pod_phase, resolve_env, resolve_executable, resolve_port,
-                                       returncode_to_exit_code, rewrite_value, set_flag, termination_message)
+from tools.localcluster.runner import (
+    CLOSED_HUB_ENDPOINT,
+    ConfigError,
+    StartError,
+    adapt_for_this_host,
+    allocate_ip,
+    egress_violations,
+    expand_references,
+    host_command,
+    map_path,
+    parse_taint,
+    pod_phase,
+    resolve_env,
+    resolve_executable,
+    resolve_port,
+    returncode_to_exit_code,
+    rewrite_value,
+    set_flag,
+    termination_message,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 PY = "/venv/bin/python"
@@ -162,10 +178,10 @@ def test_egress_guard(url, bad):
 # ---- the operator's real manifests, mapped --------------------------------------------------
 
 def _rendered():
+    from scibox_operator.api.spec import parse
+    from scibox_operator.planning.serving_plan import decide_serving_plan
     from scibox_operator.render.cache import render_download_job
     from scibox_operator.render.deployment import render_deployment
-    from scibox_operator.planning.serving_plan import decide_serving_plan
-    from scibox_operator.api.spec import parse
 
     vd = parse({"metadata": {"name": "tiny", "namespace": "ns", "uid": "u", "generation": 1}, "spec": {
         "model": {"name": "scibox/tiny-llama", "dtype": "bfloat16", "maxModelLen": 256},
