@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 VENV=${SCIBOX_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/scibox/venv}
+# This checkout's code, whichever checkout the cached venv's editable install points at (the
+# operator processes the tests start inherit it too).
+export PYTHONPATH="$PWD/operator:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # The house rules first: ruff, the import contracts, no import cycle, mypy's baseline.
 scripts/lint.sh
 set +e
