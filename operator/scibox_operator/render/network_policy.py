@@ -23,22 +23,30 @@ def _setting(value: str | None, env: str) -> str:
     return value if value is not None else os.environ.get(env, "")
 
 
-def render_ray_policy(vd: VLLMDeployment) -> dict[str, Any]:
-    """A multi-node group without the optional policy: Ray's head and workers listen without
-    authentication, so every port but the model port is closed to all but the group's own pods;
-    the model port stays open to whoever could reach it before."""
-    own_pods = {"matchLabels": selector_labels(vd, SERVER)}
+def _ingress_policy(vd: VLLMDeployment, ingress: list[dict[str, Any]]) -> dict[str, Any]:
+    """A NetworkPolicy over the model's server pods admitting exactly `ingress`."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": metadata(vd, vd.name, SERVER),
         "spec": {
-            "podSelector": own_pods,
+            "podSelector": _own_pods(vd),
             "policyTypes": ["Ingress"],
-            "ingress": [{"ports": [{"protocol": "TCP", "port": CONTAINER_PORT}]},
-                        {"from": [{"podSelector": own_pods}]}],
+            "ingress": ingress,
         },
     }
+
+
+def _own_pods(vd: VLLMDeployment) -> dict[str, Any]:
+    return {"matchLabels": selector_labels(vd, SERVER)}
+
+
+def render_ray_policy(vd: VLLMDeployment) -> dict[str, Any]:
+    """A multi-node group without the optional policy: Ray's head and workers listen without
+    authentication, so every port but the model port is closed to all but the group's own pods;
+    the model port stays open to whoever could reach it before."""
+    return _ingress_policy(vd, [{"ports": [{"protocol": "TCP", "port": CONTAINER_PORT}]},
+                                {"from": [{"podSelector": _own_pods(vd)}]}])
 
 
 def render_network_policy(vd: VLLMDeployment, *, operator_namespace: str | None = None,
@@ -68,21 +76,11 @@ def render_network_policy(vd: VLLMDeployment, *, operator_namespace: str | None 
         peers.append({**_namespace_peer(operator_namespace),
                       "podSelector": {"matchLabels": {"app.kubernetes.io/name": "scibox-vllm-operator"}}})
     model_port = [{"protocol": "TCP", "port": CONTAINER_PORT}]
-    own_pods = {"matchLabels": selector_labels(vd, SERVER)}
     ingress: list[dict[str, Any]] = [
         {"from": peers, "ports": model_port},
-        {"from": [{"podSelector": own_pods}]},  # no ports: all of them, within the group only
+        {"from": [{"podSelector": _own_pods(vd)}]},  # no ports: all of them, within the group only
     ]
     monitoring_namespace = _setting(monitoring_namespace, MONITORING_NAMESPACE_ENV)
     if monitoring_namespace:
         ingress.append({"from": [_namespace_peer(monitoring_namespace)], "ports": model_port})
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": metadata(vd, vd.name, SERVER),
-        "spec": {
-            "podSelector": own_pods,
-            "policyTypes": ["Ingress"],
-            "ingress": ingress,
-        },
-    }
+    return _ingress_policy(vd, ingress)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scibox_operator.api.names import API_VERSION, COMPONENT_LABEL, DOWNLOAD, WATCHED_CRDS
+from scibox_operator.api.names import API_VERSION, COMPONENT_LABEL, DOWNLOAD, KIND, WATCHED_CRDS
 from scibox_operator.engine.cache_layout import pod_download_report
 from scibox_operator.planning.serving_plan import gpu_node_from_body
 from scibox_operator.runtime.kube import KINDS, ApiError, KubeClient, list_objects
@@ -17,7 +17,6 @@ from scibox_operator.runtime.store import (
     Key,
     Store,
     crd_established,
-    newer,
     pod_summary,
     reconcile_listing,
     storage_class_summary,
@@ -57,24 +56,17 @@ class StoreSync:
         """One LIST puts the store right when the watch missed an event (seen across an API
         server restart): newer objects are taken (and returned), vanished ones forgotten; what the
         store holds newer than the list (a watch event that overtook it) is kept."""
-        listing = await list_objects(self.client, "VLLMDeployment")  # served namespaces
-        listed_at = (listing.get("metadata") or {}).get("resourceVersion", "")
-        seen: set[Key] = set()
-        changed: list[Key] = []
-        for item in listing.get("items") or []:
-            meta = item["metadata"]
-            key = (meta["namespace"], meta["name"])
-            seen.add(key)
-            known = self.store.vllmds.get(key)
-            if known is None or newer(meta.get("resourceVersion", ""), known["metadata"].get("resourceVersion", "")):
-                item.setdefault("apiVersion", API_VERSION)
-                item.setdefault("kind", "VLLMDeployment")
-                self.store.vllmds[key] = trim(item)
-                changed.append(key)
-        for key, body in list(self.store.vllmds.items()):
-            if key not in seen and not newer(body["metadata"].get("resourceVersion", ""), listed_at):
-                self.store.forget_vllmd(key)
-        return changed
+        listing = await list_objects(self.client, KIND)  # served namespaces
+
+        def put(item: dict[str, Any]) -> None:
+            item.setdefault("apiVersion", API_VERSION)
+            item.setdefault("kind", KIND)
+            self.store.vllmds[(item["metadata"]["namespace"], item["metadata"]["name"])] = trim(item)
+
+        changed = reconcile_listing(listing, self.store.vllmds, put,
+                                    lambda namespace, name: self.store.forget_vllmd((namespace, name)))
+        keys = {(body["metadata"]["namespace"], body["metadata"]["name"]) for body in changed}
+        return sorted(key for key in keys if key in self.store.vllmds)
 
     async def relist_children(self) -> list[Key]:
         """kopf re-lists after a watch gap but emits no DELETED for what went meanwhile: one LIST

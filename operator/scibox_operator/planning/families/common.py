@@ -20,3 +20,18 @@ def common_text_facts(cfg: ConfigReader, model_type: str) -> dict:
         "derived_max_model_len": derived,
         "default_max_model_len": default,
     }
+
+
+def tensor_parallel_constraints(heads: int, attention_width: int, *, intermediate: int | None = None,
+                                expert: int | None = None, shared_expert: int | None = None
+                                ) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
+    """(sizes tensor parallelism must divide, sizes its groups must align to): the attention
+    heads and width, and each MLP width the model has (None: it has no such MLP)."""
+    divisible = [("attention heads", heads)]
+    aligned = [("attention width", attention_width)]
+    for name, size in (("intermediate size", intermediate), ("expert intermediate size", expert),
+                       ("shared expert intermediate size", shared_expert)):
+        if size is not None:
+            divisible.append((name, size))
+            aligned.append((name, size))
+    return tuple(divisible), tuple(aligned)

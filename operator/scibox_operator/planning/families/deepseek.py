@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..config_reader import ConfigReader
 from ..facts import LayerParams, ModelFacts
-from .common import common_text_facts
+from .common import common_text_facts, tensor_parallel_constraints
 
 
 def deepseek_facts(cfg: ConfigReader, model_type: str, architecture: str) -> ModelFacts:
@@ -53,14 +53,8 @@ def deepseek_facts(cfg: ConfigReader, model_type: str, architecture: str) -> Mod
     )
     sparse = {i for i in range(L) if E and i >= first_dense and i % freq == 0}
     layers = tuple(attention + (moe_mlp if i in sparse else dense_mlp) for i in range(L))
-    divisible = [("attention heads", nh)]
-    aligned = [("attention width", nh * v_dim)]
-    if len(sparse) < L:
-        divisible.append(("intermediate size", I))
-        aligned.append(("intermediate size", I))
-    if sparse:
-        divisible.append(("expert intermediate size", moe_I))
-        aligned.append(("expert intermediate size", moe_I))
+    divisible, aligned = tensor_parallel_constraints(nh, nh * v_dim, intermediate=I if len(sparse) < L else None,
+                                                     expert=moe_I if sparse else None)
     return ModelFacts(
         architecture=architecture, model_type=model_type, num_layers=L, hidden_size=H,
         num_attention_heads=nh, num_kv_heads=1, head_dim=qk_dim, vocab_size=V,
@@ -70,6 +64,6 @@ def deepseek_facts(cfg: ConfigReader, model_type: str, architecture: str) -> Mod
         num_experts=E if sparse else 0, experts_per_token=top_k if sparse else 0,
         ffn_activation_width=max(I if len(sparse) < L else 0,
                                  (top_k + shared) * moe_I if sparse else 0),
-        tp_divisible=tuple(divisible), tp_group_aligned=tuple(aligned),
+        tp_divisible=divisible, tp_group_aligned=aligned,
         **common_text_facts(cfg, model_type),
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ..config_reader import ConfigReader
 from ..errors import PlanError
 from ..facts import LayerParams, ModelFacts
-from .common import common_text_facts
+from .common import common_text_facts, tensor_parallel_constraints
 from .moe import moe_block
 
 
@@ -93,17 +93,9 @@ def llama_like_facts(cfg: ConfigReader, model_type: str, architecture: str) -> M
     sparse_layers, moe_I, shared_I = moe.sparse_layers, moe.expert_intermediate_size, moe.shared_expert_intermediate_size
     layers = tuple(attention + (moe.mlp if i in sparse_layers else dense_mlp) for i in range(L))
 
-    divisible = [("attention heads", nh)]
-    aligned = [("attention width", nh * hd)]
-    if len(sparse_layers) < L:
-        divisible.append(("intermediate size", I))
-        aligned.append(("intermediate size", I))
-    if moe_I:
-        divisible.append(("expert intermediate size", moe_I))
-        aligned.append(("expert intermediate size", moe_I))
-    if shared_I:
-        divisible.append(("shared expert intermediate size", shared_I))
-        aligned.append(("shared expert intermediate size", shared_I))
+    divisible, aligned = tensor_parallel_constraints(
+        nh, nh * hd, intermediate=I if len(sparse_layers) < L else None, expert=moe_I or None,
+        shared_expert=shared_I or None)
     ffn_width = max(I if len(sparse_layers) < L else 0,
                     (moe.experts_per_token * moe_I if moe_I else 0) + (shared_I or 0))
 
@@ -114,6 +106,6 @@ def llama_like_facts(cfg: ConfigReader, model_type: str, architecture: str) -> M
         layers=layers, embedding_params=V * H, lm_head_params=0 if tied else V * H,
         tie_word_embeddings=tied, last_stage_replicated_params=H,
         num_experts=moe.num_experts, experts_per_token=moe.experts_per_token, ffn_activation_width=ffn_width,
-        tp_divisible=tuple(divisible), tp_group_aligned=tuple(aligned),
+        tp_divisible=divisible, tp_group_aligned=aligned,
         **common_text_facts(cfg, model_type),
     )
