@@ -59,19 +59,31 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
+    """Every VLLMDeployment of the file (a sample may carry its Secret alongside)."""
+    from scibox_operator.api.names import KIND
     from scibox_operator.api.spec import InvalidSpec
     from scibox_operator.planning.serving_plan import PlanFailure
 
-    body = yaml.safe_load(Path(args.file).read_text())
-    body.setdefault("metadata", {}).setdefault("namespace", args.namespace)
-    body["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
+    try:
+        docs = [d for d in yaml.safe_load_all(Path(args.file).read_text()) if isinstance(d, dict)]
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    bodies = [d for d in docs if d.get("kind") == KIND]
+    if not bodies:
+        print(f"error: {args.file} holds no {KIND}", file=sys.stderr)
+        return 2
     config = json.loads(Path(args.model_config).read_text()) if args.model_config else None
     labels = {"nvidia.com/gpu.product": args.gpu} if args.gpu else None
-    try:
-        manifests = render_manifests(body, config=config, gpu_labels=labels, gpus_per_node=args.gpus_per_node)
-    except (InvalidSpec, PlanFailure) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    manifests: list[dict[str, Any]] = []
+    for body in bodies:
+        body.setdefault("metadata", {}).setdefault("namespace", args.namespace)
+        body["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
+        try:
+            manifests += render_manifests(body, config=config, gpu_labels=labels, gpus_per_node=args.gpus_per_node)
+        except (InvalidSpec, PlanFailure) as exc:
+            print(f"error: {body['metadata'].get('name')}: {exc}", file=sys.stderr)
+            return 2
     sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=True))
     return 0
 
