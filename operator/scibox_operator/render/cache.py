@@ -17,6 +17,7 @@ from .common import (
     container_security_context,
     labels,
     pod_security_context,
+    server_placement,
 )
 
 DOWNLOAD_SCRIPT = "/opt/scibox/download_model.sh"
@@ -83,22 +84,6 @@ def render_cache_pvc(vd: VLLMDeployment, plan: ServingPlan,
     }
 
 
-def _placement(vd: VLLMDeployment) -> dict[str, Any]:
-    """The download runs where the servers will: a ReadWriteOnce cache on node-local storage is
-    only reachable there, and GPU nodes are often tainted."""
-    out: dict[str, Any] = {}
-    selector = dict(sorted(vd.spec.node_selector.items()))
-    if vd.spec.resources.gpu_product:
-        selector["nvidia.com/gpu.product"] = vd.spec.resources.gpu_product
-    if selector:
-        out["nodeSelector"] = selector
-    out["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                          *(t.model_dump(by_alias=True, exclude_none=True) for t in vd.spec.tolerations)]
-    if vd.spec.priority_class_name:
-        out["priorityClassName"] = vd.spec.priority_class_name
-    return out
-
-
 def download_job_name(plan: ServingPlan) -> str:
     return plan.cache_claim[: 63 - len("-download")].rstrip("-") + "-download"
 
@@ -149,7 +134,9 @@ def render_download_job(vd: VLLMDeployment, plan: ServingPlan, owners: list[VLLM
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": pod_security_context(),
-                    **_placement(vd),
+                    # The servers' placement, affinity included: a zonal or node-local volume
+                    # binds where this pod runs, and the servers must be able to follow it there.
+                    **server_placement(vd),
                     "containers": [{
                         "name": "download",
                         "image": cache.download_image or plan.image,

@@ -177,3 +177,36 @@ def test_network_policy_only_when_enabled_and_lets_the_operator_in():
     own = render_network_policy(parse(body(networkPolicy={"enabled": True})), operator_namespace="")
     assert own["spec"]["ingress"][0]["from"] == [{"namespaceSelector": {"matchExpressions": [
         {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["ns"]}]}}]
+
+
+PLACEMENT_KEYS = ("nodeSelector", "affinity", "tolerations", "priorityClassName")
+
+
+def placement(pod_spec: dict) -> dict:
+    return {k: pod_spec[k] for k in PLACEMENT_KEYS if k in pod_spec}
+
+
+def test_the_download_pod_is_placed_where_the_server_pods_can_follow():
+    """Issue 19: the download pod binds a zonal or node-local cache where it runs, so it gets the
+    servers' node selector, affinity (the minGpuMemoryMiB rule included) and tolerations."""
+    zone = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["z1"]}]}]}}}
+    vd = parse(body(nodeSelector={"pool": "gpu"}, affinity=zone, priorityClassName="serving",
+                    tolerations=[{"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"}],
+                    resources={"gpuProduct": "NVIDIA-H100-80GB-HBM3", "minGpuMemoryMiB": 80000}))
+    p = plan_for(vd)
+    job_pod = render_download_job(vd, p, [vd])["spec"]["template"]["spec"]
+    server_pod = render_deployment(vd, p)["spec"]["template"]["spec"]
+    assert placement(job_pod) == placement(server_pod)
+    assert job_pod["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    exprs = job_pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchExpressions"]
+    assert [e["key"] for e in exprs] == ["topology.kubernetes.io/zone", "nvidia.com/gpu.memory"]
+    assert {"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"} in job_pod["tolerations"]
+
+    # Dropping them from the spec drops them from the download pod too.
+    bare = parse(body())
+    bare_pod = render_download_job(bare, plan_for(bare), [bare])["spec"]["template"]["spec"]
+    assert placement(bare_pod) == {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                    "effect": "NoSchedule"}]}
+    assert placement(bare_pod) == placement(render_deployment(bare, plan_for(bare))["spec"]["template"]["spec"])
