@@ -7,7 +7,7 @@ from typing import Any
 from scibox_operator.api.names import MODEL_ANNOTATION, REVISION_ANNOTATION
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.engine.cache_layout import DOWNLOAD_EXIT_CODES
-from scibox_operator.planning.serving_plan import MODELS_MOUNT, ServingPlan
+from scibox_operator.planning.serving_plan import MODELS_MOUNT, ServingPlan, tokenizer_revision
 
 from .common import (
     CACHE,
@@ -105,6 +105,9 @@ def render_download_job(vd: VLLMDeployment, plan: ServingPlan, owners: list[VLLM
         {"name": "HF_HOME", "value": "/tmp/hf"},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
     ]
+    if model.tokenizer_repo is not None:  # the servers run offline: fetch it with the model
+        env += [{"name": "TOKENIZER_ID", "value": model.tokenizer_repo},
+                {"name": "TOKENIZER_REVISION", "value": tokenizer_revision(vd)}]
     endpoint = cache.endpoint or hub_endpoint
     if endpoint:
         env.append({"name": "HF_ENDPOINT", "value": endpoint})

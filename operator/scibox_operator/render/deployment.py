@@ -7,7 +7,7 @@ from typing import Any
 from scibox_operator.api.names import API_KEY_DIGEST_ANNOTATION
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.engine.vllm_args import EngineSettings, render_vllm_args
-from scibox_operator.planning.serving_plan import GIB, MODELS_MOUNT, ServingPlan, model_dir
+from scibox_operator.planning.serving_plan import GIB, MODELS_MOUNT, ServingPlan, model_dir, tokenizer_dir
 
 from .common import GPU_MEMORY_LABEL as GPU_MEMORY_LABEL  # re-exported: tests and docs read them here
 from .common import GPU_PRODUCT_LABEL as GPU_PRODUCT_LABEL
@@ -41,6 +41,12 @@ SHM_BYTES_PER_GPU = 1 * GIB
 UNKNOWN_WEIGHT_BYTES_PER_POD = 8 * GIB
 
 
+# vLLM 0.32's --runner: a generating model keeps vLLM's default (nothing passed, so existing pods
+# are not restarted); an embedding model runs the pooling runner (vLLM adapts a *ForCausalLM
+# checkpoint itself: `--convert auto` resolves to embed).
+RUNNER_OF_TASK: dict[str, str | None] = {"generate": None, "embed": "pooling"}
+
+
 def engine_settings(vd: VLLMDeployment, plan: ServingPlan) -> EngineSettings:
     spec = vd.spec
     engine = spec.engine
@@ -60,7 +66,8 @@ def engine_settings(vd: VLLMDeployment, plan: ServingPlan) -> EngineSettings:
         trust_remote_code=spec.model.trust_remote_code,
         dtype=spec.model.dtype,
         quantization=spec.model.quantization,
-        tokenizer=spec.model.tokenizer,
+        tokenizer=tokenizer_dir(vd),
+        runner=RUNNER_OF_TASK[spec.model.task],
         extra_args=tuple(engine.extra_args),
     )
 
