@@ -7,8 +7,12 @@ the same function the server side uses to find it), and only what vLLM loads:
     *.bin / *.pt only when the repo has no safetensors.  Never .gguf/.msgpack/.h5 or subfolders
     such as original/ (duplicates vLLM would not read).
 
-Environment: MODEL_ID (required, org/name or a bare legacy name like gpt2), MODEL_REVISION (default main), CACHE_DIR (default
-/models), HF_TOKEN (gated/private repos; never printed), HF_ENDPOINT (mirror), DOWNLOAD_MAX_WORKERS
+A second repo, TOKENIZER_ID at TOKENIZER_REVISION (default main), is fetched after the model when set
+(the spec's model.tokenizer names a hub repo): its config/tokenizer files only, no weights, into its
+own folder by the same layout, so the server (offline) loads it with --tokenizer=<that folder>.
+
+Environment: MODEL_ID (required, org/name or a bare legacy name like gpt2), MODEL_REVISION (default main),
+TOKENIZER_ID, TOKENIZER_REVISION, CACHE_DIR (default /models), HF_TOKEN (gated/private repos; never printed), HF_ENDPOINT (mirror), DOWNLOAD_MAX_WORKERS
 (default 4), TERMINATION_LOG (default /dev/termination-log, used when it exists and is writable).
 
 Idempotent and resumable: configs are fetched before weights; files completed by an interrupted
@@ -53,10 +57,16 @@ class DownloadError(Exception):
         super().__init__(message)
 
 
-def choose_files(names: list[str], index: dict | None) -> tuple[list[str], list[str]]:
-    """(config files, weight files) vLLM needs from a repo's file names; pure, for the tests too."""
+def choose_files(names: list[str], index: dict | None, *, tokenizer_only: bool = False) -> tuple[list[str], list[str]]:
+    """(config files, weight files) vLLM needs from a repo's file names; pure, for the tests too.
+    A tokenizer repo gives its config and tokenizer files only (weights are never read from it)."""
     root = sorted(n for n in names if "/" not in n)
     configs = [n for n in root if n.endswith(CONFIG_SUFFIXES) and not n.startswith(".")]
+    if tokenizer_only:
+        if not configs:
+            raise DownloadError("no_weights", "the tokenizer repo has no tokenizer or config files at its root; "
+                                              f"files: {', '.join(root[:10]) or 'none'}")
+        return configs, []
     safetensors = [n for n in root if n.endswith(".safetensors")]
     if safetensors:
         if index is not None:
@@ -116,13 +126,15 @@ def _first_line(err: BaseException, default: str) -> str:
     return " ".join(lines[:2])[:300] or default
 
 
-def read_marker(target: Path, repo_id: str, revision: str) -> dict | None:
+def read_marker(target: Path, repo_id: str, revision: str, *, tokenizer_only: bool = False) -> dict | None:
     try:
         marker = json.loads((target / MARKER).read_text())
     except (OSError, ValueError):
         return None
     if marker.get("repo") != repo_id or marker.get("revision") != revision:
         return None
+    if marker.get("tokenizer_only") and not tokenizer_only:
+        return None  # the same repo was fetched as a tokenizer only: its weights are missing
     sizes = marker.get("sizes") or {}
     for name in marker.get("files", []):
         path = target / name
@@ -149,7 +161,7 @@ def report(line: dict, termination_log: str | None) -> None:
 
 
 def download(repo_id: str, revision: str, target: Path, token: str | None, endpoint: str | None,
-             workers: int) -> dict:
+             workers: int, *, tokenizer_only: bool = False) -> dict:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if os.environ.pop("HF_HUB_OFFLINE", None) not in (None, "", "0"):
@@ -163,7 +175,8 @@ def download(repo_id: str, revision: str, target: Path, token: str | None, endpo
     commit = info.sha
     names = [s.rfilename for s in (info.siblings or [])]
     expected = {s.rfilename: s.size for s in (info.siblings or []) if s.size is not None}
-    configs, _ = choose_files(names, None)  # validates there are weights before fetching anything
+    # validates there are weights (or tokenizer files) before fetching anything
+    configs, _ = choose_files(names, None, tokenizer_only=tokenizer_only)
 
     # huggingface_hub trusts a local file whose recorded commit matches; one whose size is wrong
     # (truncated, edited) is removed here so it is fetched again.
@@ -186,7 +199,7 @@ def download(repo_id: str, revision: str, target: Path, token: str | None, endpo
         if (target / index_name).is_file():
             index = json.loads((target / index_name).read_text())
             break
-    configs, weights = choose_files(names, index)
+    configs, weights = choose_files(names, index, tokenizer_only=tokenizer_only)
     fetch(weights)
 
     files = configs + weights
@@ -201,11 +214,22 @@ def download(repo_id: str, revision: str, target: Path, token: str | None, endpo
     marker = {
         "repo": repo_id, "revision": revision, "commit": commit, "endpoint": endpoint or "https://huggingface.co",
         "files": files, "sizes": sizes, "file_count": len(files), "bytes": sum(sizes.values()),
+        **({"tokenizer_only": True} if tokenizer_only else {}),
         "duration_seconds": round(time.monotonic() - started, 3),
         "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_atomically(target / MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return {**marker, "downloaded_bytes": downloaded}
+
+
+def fetch_repo(repo_id: str, revision: str, target: Path, token: str | None, endpoint: str | None,
+               workers: int, *, tokenizer_only: bool = False) -> dict:
+    """One repo revision into `target`: nothing fetched when its completion marker holds."""
+    marker = read_marker(target, repo_id, revision, tokenizer_only=tokenizer_only)
+    if marker is not None:
+        return {**marker, "downloaded_bytes": 0, "cached": True, "path": str(target), "duration_seconds": 0.0}
+    return {**download(repo_id, revision, target, token, endpoint, workers, tokenizer_only=tokenizer_only),
+            "cached": False, "path": str(target)}
 
 
 def main() -> int:
@@ -220,21 +244,23 @@ def main() -> int:
         revision = (os.environ.get("MODEL_REVISION") or "main").strip()
         cache_dir = os.environ.get("CACHE_DIR") or cache_layout.DEFAULT_MODEL_CACHE_DIR
         endpoint = (os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
+        tokenizer_id = (os.environ.get("TOKENIZER_ID") or "").strip()
+        tokenizer_revision = (os.environ.get("TOKENIZER_REVISION") or "main").strip()
         try:
             workers = int(os.environ.get("DOWNLOAD_MAX_WORKERS") or 4)
             target = Path(cache_layout.model_cache_path(cache_dir, repo_id, revision))
+            tokenizer_target = (Path(cache_layout.model_cache_path(cache_dir, tokenizer_id, tokenizer_revision))
+                                if tokenizer_id else None)
         except ValueError as exc:
             raise DownloadError("bad_config", str(exc)) from None
         if workers < 1:
             raise DownloadError("bad_config", "DOWNLOAD_MAX_WORKERS must be >= 1")
 
-        marker = read_marker(target, repo_id, revision)
-        if marker is not None:
-            summary = {**marker, "downloaded_bytes": 0, "cached": True, "path": str(target),
-                       "duration_seconds": 0.0}
-        else:
-            summary = {**download(repo_id, revision, target, token, endpoint, workers), "cached": False,
-                       "path": str(target)}
+        summary = fetch_repo(repo_id, revision, target, token, endpoint, workers)
+        if tokenizer_target is not None:
+            tok = fetch_repo(tokenizer_id, tokenizer_revision, tokenizer_target, token, endpoint, workers,
+                             tokenizer_only=True)
+            summary["tokenizer"] = {k: tok[k] for k in ("repo", "revision", "path", "cached", "file_count", "bytes")}
     except BaseException as exc:  # noqa: BLE001 - every failure leaves as one line and an exit code
         if isinstance(exc, KeyboardInterrupt):
             raise

@@ -20,7 +20,7 @@ def render_manifests(body: dict[str, Any], *, config: dict | None = None, gpu_la
     """Everything the operator would create for `body`, without a cluster (GitOps previews): the
     controller's own `desired()`, first while the model downloads, then once it is cached."""
     from scibox_operator.api.spec import parse
-    from scibox_operator.planning.serving_plan import GpuNode, decide_serving_plan
+    from scibox_operator.planning.serving_plan import GpuNode, PlanFailure, decide_serving_plan
     from scibox_operator.reconcile.status import CacheState
 
     from .reconcile.desired import Observed, desired
@@ -35,7 +35,10 @@ def render_manifests(body: dict[str, Any], *, config: dict | None = None, gpu_la
                                leader_worker_set_crd=True))
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for observed in stages:
-        for child in desired(vd, plan, observed).children:
+        want = desired(vd, plan, observed)
+        if want.failure is not None:  # what the controller would report instead of applying
+            raise PlanFailure(want.failure.reason, want.failure.message)
+        for child in want.children:
             out.setdefault((child["kind"], child["metadata"]["name"]), child)
     return list(out.values())
 

@@ -246,3 +246,43 @@ def test_no_termination_log_is_invented_outside_kubernetes(hub, tmp_path):
         pytest.skip("this machine has a /dev/termination-log")
     summary_of(run(hub.endpoint, tmp_path / "cache", MODEL_ID=TINY_REPO, TERMINATION_LOG=""))
     assert not default.exists()
+
+
+def test_a_tokenizer_repo_is_fetched_beside_the_model_tokenizer_files_only(hub, hub_model_dir, tmp_path):
+    """Issue 19: TOKENIZER_ID (model.tokenizer naming a hub repo) lands in its own cache folder,
+    without weights, and the offline server's tokenizer loader reads it from there."""
+    from tests.fixtures.hub import TOKENIZER_REPO
+
+    cache = tmp_path / "cache"
+    summary = summary_of(run(hub.endpoint, cache, MODEL_ID=TINY_REPO, TOKENIZER_ID=TOKENIZER_REPO))
+    folder = cache / "scibox--tiny-tokenizer" / "main"
+    assert summary["tokenizer"]["path"] == str(folder) and summary["tokenizer"]["cached"] is False
+    assert (folder / "tokenizer.json").read_bytes() == (hub_model_dir / "tokenizer.json").read_bytes()
+    assert not list(folder.glob("*.safetensors")) and not (folder / "README.md").exists()
+    assert (cache / "scibox--tiny-llama" / "main" / "model.safetensors").is_file(), "the model as before"
+    marker = json.loads((folder / downloader.MARKER).read_text())
+    assert marker["repo"] == TOKENIZER_REPO and marker["tokenizer_only"] is True
+
+    loaded = subprocess.run([PYTHON, "-c", "import sys; from transformers import AutoTokenizer; "
+                             "print(AutoTokenizer.from_pretrained(sys.argv[1]).tokenize('hello world'))", str(folder)],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+                            capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+
+    # Again: both come from their markers, no request for either repo.
+    hub.clear_log()
+    again = summary_of(run(hub.endpoint, cache, MODEL_ID=TINY_REPO, TOKENIZER_ID=TOKENIZER_REPO))
+    assert again["cached"] is True and again["tokenizer"]["cached"] is True
+    assert not hub.requests(contains=TOKENIZER_REPO) and not hub.requests(contains=TINY_REPO)
+    # A tokenizer-only folder never passes for the model of the same repo (its weights are missing).
+    assert downloader.read_marker(folder, TOKENIZER_REPO, "main") is None
+    assert downloader.read_marker(folder, TOKENIZER_REPO, "main", tokenizer_only=True) is not None
+
+
+def test_without_tokenizer_id_nothing_else_is_fetched_and_a_missing_tokenizer_fails_as_not_found(hub, tmp_path):
+    cache = tmp_path / "cache"
+    summary = summary_of(run(hub.endpoint, cache, MODEL_ID=TINY_REPO))
+    assert "tokenizer" not in summary and not (cache / "scibox--tiny-tokenizer").exists()
+    done = run(hub.endpoint, cache, MODEL_ID=TINY_REPO, TOKENIZER_ID="scibox/no-such-tokenizer")
+    assert done.returncode == EXIT["not_found"], done.stderr
+    assert json.loads((cache / "termination-log").read_text())["error"] == "not_found"

@@ -114,8 +114,8 @@ def differences(rest, body: dict[str, Any], *, image: str) -> list[str]:
     model is cached): changed, missing and extra children."""
     vd = parse(body)
     ns = vd.namespace
-    plan = decide_serving_plan(vd, config=None, safetensors_index=None, nodes=gpu_nodes(rest), cache_shared=False,
-                               image=image)
+    plan = decide_serving_plan(vd, config=None, safetensors_index=None, nodes=gpu_nodes(rest),
+                               cache_shared=vd.spec.cache.access_mode == "ReadWriteMany", image=image)
     live = live_children(rest, ns, vd, plan)
     want = desired(vd, plan, Observed(children=live, users=(vd,), cache=CacheState(True, reason="Downloaded"),
                                       service_monitor_crd=True, leader_worker_set_crd=True, default_image=image,

@@ -29,7 +29,10 @@ LAYOUTS = ((1, 1), (2, 1), (4, 1), (8, 2))  # (8, 2) spans both 8-GPU nodes: a L
 
 
 def base_spec() -> dict:
-    return {"model": {"name": MODEL}, "cache": {"size": "1Gi"},
+    # The walk reaches 2 replicas and 2-node groups: a ReadWriteOnce cache would be refused
+    # (CacheAccessModeConflict), so the cache is ReadWriteMany (the rwx_storage_class fixture).
+    return {"model": {"name": MODEL},
+            "cache": {"size": "1Gi", "storageClassName": "local-rwx", "accessMode": "ReadWriteMany"},
             "parallelism": {"tensorParallelSize": 1, "pipelineParallelSize": 1}}
 
 
@@ -112,7 +115,8 @@ def observed_current(cluster, namespace: str, name: str) -> dict | None:
     return vd if (condition(vd, "ModelCached") or {}).get("status") == "True" else None
 
 
-def test_a_random_walk_of_spec_edits_always_converges_to_a_fresh_render(cluster, operator, lws, namespace):
+def test_a_random_walk_of_spec_edits_always_converges_to_a_fresh_render(cluster, operator, lws, namespace,
+                                                                        rwx_storage_class):
     seed = int(os.environ.get("SCIBOX_WALK_SEED", random.randrange(2**32)))
     steps = int(os.environ.get("SCIBOX_WALK_STEPS", "45"))
     print(f"\nconvergence walk seed={seed} steps={steps} (rerun: SCIBOX_WALK_SEED={seed})")

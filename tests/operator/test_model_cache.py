@@ -21,24 +21,6 @@ def ts(value: str) -> datetime:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
 
 
-@pytest.fixture(scope="module")
-def rwx_storage_class(cluster):
-    # Same provisioner as the default class; the annotation tells the operator it can share.
-    cluster.kubectl("apply", "-f", "-", input="""
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata:
-  name: local-rwx
-  annotations:
-    scibox.io/access-modes: ReadWriteOnce,ReadWriteMany
-provisioner: scibox.io/local-path
-reclaimPolicy: Delete
-volumeBindingMode: Immediate
-""")
-    yield "local-rwx"
-    cluster.kubectl("delete", "storageclass", "local-rwx", "--ignore-not-found")
-
-
 def test_deployment_is_created_only_after_the_download_completed(cluster, operator, namespace):
     apply(cluster, namespace, vllmd("first"))
     dep = wait_for(lambda: get(cluster, "deployment", "first", namespace), timeout=90, what="Deployment")
@@ -76,3 +58,28 @@ def test_same_model_shares_one_claim_and_one_job_on_rwx_storage(cluster, operato
     wait_for(lambda: not [c for c in get(cluster, "pvc", None, namespace)["items"]
                           if not c["metadata"].get("deletionTimestamp")],
              timeout=90, what="the shared claim collected with its last user")
+
+
+def test_a_read_write_once_cache_for_two_replicas_is_refused_and_rwx_storage_is_accepted(
+        cluster, operator, namespace, rwx_storage_class):
+    """Issue 19: two server pods on one ReadWriteOnce volume would wait on Multi-Attach errors."""
+    apply(cluster, namespace, {**vllmd("pair"), "spec": {**vllmd("pair")["spec"], "replicas": 2}})
+    vd = wait_for(lambda: (lambda o: o if (condition(o, "Ready") or {}).get("reason") == "CacheAccessModeConflict"
+                           else None)(get(cluster, "vllmd", "pair", namespace)), timeout=60,
+                  what="Ready=False CacheAccessModeConflict")
+    ready = condition(vd, "Ready")
+    assert ready["status"] == "False" and vd["status"]["phase"] == "Failed"
+    assert "ReadWriteOnce" in ready["message"] and "replicas 2" in ready["message"]
+    assert "ReadWriteMany" in ready["message"] and "cache.accessMode" in ready["message"]
+    assert get(cluster, "deployment", "pair", namespace) is None
+    assert not get(cluster, "pvc", None, namespace)["items"], "nothing is created for a refused spec"
+
+    # The same two replicas on storage that offers ReadWriteMany (cache.accessMode Auto picks it).
+    spec = {**vllmd("pair", storageClassName=rwx_storage_class)["spec"], "replicas": 2}
+    apply(cluster, namespace, {**vllmd("pair"), "spec": spec})
+    dep = wait_for(lambda: get(cluster, "deployment", "pair", namespace), timeout=90, what="the Deployment")
+    assert dep["spec"]["replicas"] == 2
+    claim = dep["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    assert get(cluster, "pvc", claim, namespace)["spec"]["accessModes"] == ["ReadWriteMany"]
+    wait_for(lambda: (lambda o: o if (condition(o, "Ready") or {}).get("reason") != "CacheAccessModeConflict"
+                           else None)(get(cluster, "vllmd", "pair", namespace)), timeout=60, what="the refusal lifted")

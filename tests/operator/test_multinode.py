@@ -12,10 +12,13 @@ pytestmark = pytest.mark.cluster
 
 
 def big(name: str, replicas: int = 1) -> dict:
+    # The leader and its workers mount the cache from different nodes: ReadWriteMany storage
+    # (a ReadWriteOnce cache is refused, CacheAccessModeConflict).
     return {"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment", "metadata": {"name": name},
             # Not on the hub mirror: with every size explicit the operator deploys without the
             # config (the tiny model's 2 heads would rightly refuse tensor parallel 8).
-            "spec": {"model": {"name": "scibox/stand-in-405b"}, "replicas": replicas, "cache": {"size": "1Gi"},
+            "spec": {"model": {"name": "scibox/stand-in-405b"}, "replicas": replicas,
+                     "cache": {"size": "1Gi", "storageClassName": "local-rwx"},
                      "parallelism": {"tensorParallelSize": 8, "pipelineParallelSize": 2}}}
 
 
@@ -38,7 +41,8 @@ def lws_pods(cluster, namespace: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_16_gpu_plan_runs_as_one_leaderworkerset_group_on_two_nodes(cluster, operator, lws, namespace):
+def test_a_16_gpu_plan_runs_as_one_leaderworkerset_group_on_two_nodes(cluster, operator, lws, namespace,
+                                                                      rwx_storage_class):
     # The group needs both 8-GPU nodes whole: wait out GPU pods of earlier tests' namespaces.
     wait_for(lambda: not [p for p in get(cluster, "pods", None, "*")["items"]
                           if any("nvidia.com/gpu" in (c.get("resources") or {}).get("limits", {})

@@ -32,6 +32,7 @@ from scibox_operator.readiness.verdicts import (
     ProbeReason,
     ProbeResult,
     classify_completion,
+    classify_embedding,
     classify_health,
     classify_models,
     summarize_readiness,
@@ -294,6 +295,24 @@ def test_classify_completion() -> None:
     assert classify_completion(401, "").reason is ProbeReason.UNAUTHORIZED
 
 
+def test_classify_embedding() -> None:
+    """model.task embed: a 200 whose first item carries a vector of numbers (issue 19)."""
+    ok = json.dumps({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -2, 3e-4]}]})
+    assert classify_embedding(200, ok) is None
+    for body in ('{"data": []}', '{"data": [{"embedding": []}]}', '{"data": [{"embedding": ["a"]}]}',
+                 '{"data": [{"embedding": [true]}]}', '{"choices": [{"text": "x"}]}', "not json", "[]"):
+        assert classify_embedding(200, body).reason is ProbeReason.EMBEDDING_FAILED, body
+    failed = classify_embedding(400, '{"error": "The model does not support Embeddings API"}')
+    assert failed.reason is ProbeReason.EMBEDDING_FAILED and failed.detail == "/v1/embeddings answered HTTP 400"
+    assert "Embeddings API" in failed.evidence and "Embeddings API" not in failed.detail
+    assert classify_embedding(403, "").reason is ProbeReason.UNAUTHORIZED
+
+
+def test_an_unknown_task_is_a_caller_error() -> None:
+    with pytest.raises(ValueError, match="task"):
+        probe("http://127.0.0.1:1", task="chat")
+
+
 # --- summarize_readiness (pure) -----------------------------------------------------------------
 
 
@@ -407,3 +426,27 @@ def test_condition_rejects_bad_input() -> None:
         make_condition("Ready", "True", "", "", now=T0)
     long = make_condition("Ready", "False", "Loading", "x" * 40000, now=T0)
     assert len(long["message"]) == 32768
+
+
+# --- an embedding model (model.task embed, issue 19) --------------------------------------------
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_an_embedding_model_is_probed_with_an_embedding_not_a_completion(tiny_model_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    """The tiny Llama run as vLLM's pooling runner (--runner=pooling, what model.task embed
+    renders): the completion probe fails on it forever, the embedding probe serves."""
+    from scibox_operator.engine.vllm_args import EngineSettings, render_vllm_args
+    from scibox_operator.render.deployment import RUNNER_OF_TASK
+
+    flags = [a for a in render_vllm_args(EngineSettings(model="/m", runner=RUNNER_OF_TASK["embed"]))
+             if a.startswith("--runner")]
+    with VLLMServer(tiny_model_dir, log_path=tmp_path / "vllm-embed.log", extra_args=tuple(flags)) as server:
+        embedded = probe(server.base_url, completion=True, task="embed", timeout=60)
+        completed = probe(server.base_url, completion=True, timeout=60)
+        status, body = http(server.base_url + "/v1/embeddings", body={"model": "tiny", "input": "Hello"})
+    assert embedded.reason is ProbeReason.SERVING, embedded.message
+    assert "embedding request succeeded" in embedded.message
+    assert completed.reason is ProbeReason.COMPLETION_FAILED, completed.message
+    assert status == 200 and len(json.loads(body)["data"][0]["embedding"]) > 0

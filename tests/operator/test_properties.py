@@ -135,7 +135,7 @@ def _extra_args(smuggle: bool = True) -> st.SearchStrategy[list[str]]:
 CEL_OWNED_EXTRA_ARG = re.compile(
     r"^-(-(no-)?)?(model|served-model-name|host|port|tensor-parallel-size|pipeline-parallel-size|tp|pp|"
     r"max-model-len|gpu-memory-utilization|max-num-batched-tokens|max-num-seqs|enable-prefix-caching|"
-    r"enable-chunked-prefill|trust-remote-code|dtype|quantization|q|tokenizer|revision|api-key|download-dir)"
+    r"enable-chunked-prefill|trust-remote-code|dtype|quantization|q|tokenizer|revision|runner|api-key|download-dir)"
     r"([=_].*)?$")
 CEL_OWNED_ENV = {"VLLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_HOME",
                  "VLLM_HOST_IP", "VLLM_PORT", "VLLM_TRUST_REMOTE_CODE"}

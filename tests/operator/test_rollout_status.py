@@ -13,9 +13,11 @@ pytestmark = pytest.mark.cluster
 
 
 def stand_in(name: str, tp: int, replicas: int = 2) -> dict:
-    # Not on the hub mirror: explicit sizes deploy without the model's config.
+    # Not on the hub mirror: explicit sizes deploy without the model's config. Two replicas mount
+    # the cache at once: ReadWriteMany storage (the rwx_storage_class fixture).
     return {"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment", "metadata": {"name": name},
-            "spec": {"model": {"name": "scibox/stand-in-rollout"}, "replicas": replicas, "cache": {"size": "1Gi"},
+            "spec": {"model": {"name": "scibox/stand-in-rollout"}, "replicas": replicas,
+                     "cache": {"size": "1Gi", "storageClassName": "local-rwx"},
                      "parallelism": {"tensorParallelSize": tp, "pipelineParallelSize": 1}}}
 
 
@@ -29,7 +31,7 @@ def pod_ready(pod: dict) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions") or [])
 
 
-def test_up_to_date_stays_false_until_the_new_pods_serve(cluster, operator, namespace):
+def test_up_to_date_stays_false_until_the_new_pods_serve(cluster, operator, namespace, rwx_storage_class):
     name = "roll-tp"
     apply(cluster, namespace, stand_in(name, tp=1))
     vd = wait_for(lambda: (lambda o: o if (condition(o, "UpToDate") or {}).get("status") == "True" else None)(

@@ -14,7 +14,9 @@ import pytest
 
 from scibox_operator.api.spec import InvalidSpec, parse
 from scibox_operator.planning.serving_plan import DEFAULT_VLLM_IMAGE, GpuNode, PlanFailure, decide_serving_plan
+from scibox_operator.reconcile.desired import Observed, desired
 from scibox_operator.reconcile.policy import AdminPolicy, policy_violation
+from scibox_operator.reconcile.status import CacheState
 from scibox_operator.runtime.hub import DEFAULT_ENDPOINT
 from tests.fixtures.tiny_model import CONFIG as TINY_CONFIG
 
@@ -49,7 +51,7 @@ def case_policy(case) -> AdminPolicy:
 
 def run_operator_path(case):
     """The reconcile's order: parse, the administrator's policy (before any Secret, hub request
-    or child), then the plan."""
+    or child), the plan, desired()."""
     body = case.body("corpus")
     body["metadata"].update(uid="00000000-corpus", generation=1)
     try:
@@ -57,10 +59,15 @@ def run_operator_path(case):
         violation = policy_violation(vd, case_policy(case))
         if violation is not None:
             return PolicyRefusal(*violation)
-        decide_serving_plan(vd, config=TINY_CONFIG, safetensors_index=None, nodes=[H100_NODE], cache_shared=False)
+        plan = decide_serving_plan(vd, config=TINY_CONFIG, safetensors_index=None, nodes=[H100_NODE],
+                                   cache_shared=False)
     except (InvalidSpec, PlanFailure) as exc:
         return exc
-    return None
+    # Then desired(), which refuses what only the children show (a cache mounted by more pods
+    # than its access mode allows).
+    want = desired(vd, plan, Observed(users=(vd,), cache=CacheState(True, reason="Downloaded"),
+                                      service_monitor_crd=True, leader_worker_set_crd=True))
+    return PolicyRefusal(want.failure.reason, want.failure.message) if want.failure else None
 
 
 def test_the_corpus_is_big_and_varied():

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scibox_operator.api.names import API_VERSION
 from scibox_operator.engine.cache_layout import model_cache_path
@@ -55,7 +55,37 @@ class ModelSource(_Model):
     dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"
     quantization: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     max_model_len: int | None = Field(default=None, ge=16)
+    # An absolute path (inside the server container, e.g. on a pvc:// volume) or a hub repo id,
+    # which the download Job fetches into the cache beside the model (servers run offline).
     tokenizer: str | None = Field(default=None, max_length=253, pattern=_NO_CONTROL_TRIMMED)
+    tokenizer_revision: str | None = Field(default=None, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+    # What the server runs: text generation, or a pooling model answering /v1/embeddings (which
+    # is also what readiness probes instead of a completion).
+    task: Literal["generate", "embed"] = "generate"
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_path_or_repo(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            try:
+                model_cache_path("/models", v, None)  # where the download Job puts it
+            except ValueError as exc:
+                raise ValueError(f"tokenizer must be an absolute path or a hub repo id (org/name): {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _tokenizer_source(self) -> ModelSource:
+        if self.tokenizer_repo is not None and self.is_pvc:
+            raise ValueError("a pvc:// model has no download Job to fetch tokenizer repo "
+                             f"{self.tokenizer!r}: give the tokenizer's absolute path on the volume instead")
+        if self.tokenizer_revision is not None and self.tokenizer_repo is None:
+            raise ValueError("tokenizerRevision applies to a tokenizer named by hub repo id, not a path")
+        return self
+
+    @property
+    def tokenizer_repo(self) -> str | None:
+        """The hub repo the tokenizer comes from, or None (the model's own, or a path)."""
+        return self.tokenizer if self.tokenizer and not self.tokenizer.startswith("/") else None
 
     @field_validator("name")
     @classmethod

@@ -16,12 +16,14 @@ from typing import Any
 
 __all__ = [
     "DTYPES",
+    "RUNNERS",
     "text",
     "word",
     "integer",
     "fraction",
     "boolean",
     "dtype",
+    "runner",
     "quantization",
     "host",
     "repo_id",
@@ -30,6 +32,8 @@ __all__ = [
 
 # vLLM 0.32's `--dtype` choices (checked against the real parser in the tests).
 DTYPES = ("auto", "bfloat16", "float", "float16", "float32", "half")
+# vLLM 0.32's `--runner` choices (checked against the real parser in the tests).
+RUNNERS = ("auto", "draft", "generate", "pooling")
 
 
 def text(value: Any, what: str) -> str:
@@ -96,6 +100,13 @@ def dtype(value: Any, what: str) -> str:
     parsed = word(value, what).lower()
     if parsed not in DTYPES:
         raise ValueError(f"{what} must be one of {', '.join(DTYPES)}, got {value!r}")
+    return parsed
+
+
+def runner(value: Any, what: str) -> str:
+    parsed = word(value, what).lower()
+    if parsed not in RUNNERS:
+        raise ValueError(f"{what} must be one of {', '.join(RUNNERS)}, got {value!r}")
     return parsed
 
 

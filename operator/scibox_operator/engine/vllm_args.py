@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import values as check
-from .values import DTYPES
+from .values import DTYPES, RUNNERS
 
 __all__ = [
     "EngineSettings",
@@ -42,6 +42,7 @@ __all__ = [
     "SETTINGS_ENV",
     "SETTING_BY_ENV",
     "DTYPES",
+    "RUNNERS",
 ]
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class EngineSettings:
     quantization: str | None = None
     tokenizer: str | None = None
     revision: str | None = None
+    runner: str | None = None  # "generate" / "pooling" (vLLM's --runner); None: vLLM's own choice
     disable_log_stats: bool = False
     extra_args: tuple[str, ...] = ()
 
@@ -100,6 +102,7 @@ _FLAG_OF_FIELD: dict[str, str] = {
     "quantization": "--quantization",
     "tokenizer": "--tokenizer",
     "revision": "--revision",
+    "runner": "--runner",
     "disable_log_stats": "--disable-log-stats",
 }
 
@@ -336,6 +339,7 @@ def validate_settings(s: EngineSettings) -> list[str]:
         ("quantization", s.quantization, check.quantization),
         ("tokenizer", s.tokenizer, check.text),
         ("revision", s.revision, check.word),
+        ("runner", s.runner, check.runner),
     ]
     errors = []
     for name, value, parse in checks + [c for c in optional if c[1] is not None]:
@@ -387,7 +391,7 @@ def render_vllm_args(s: EngineSettings) -> list[str]:
             args.append(flag if value else "--no-" + flag[2:])
     if s.trust_remote_code:
         args.append("--trust-remote-code")
-    for field in ("dtype", "quantization", "tokenizer", "revision"):
+    for field in ("dtype", "quantization", "tokenizer", "revision", "runner"):
         value = getattr(s, field)
         if value is not None:
             args.append(f"{_FLAG_OF_FIELD[field]}={value}")

@@ -48,7 +48,16 @@ class ServingPlan:
 
 
 def model_cache_key(vd: VLLMDeployment) -> str:
-    return short_hash(vd.spec.model.name, vd.spec.model.revision)
+    """One cache per model revision and, when it comes from the hub too, tokenizer revision:
+    the claim's single download Job fetches both, so users sharing a claim share both."""
+    model = vd.spec.model
+    if model.tokenizer_repo is None:
+        return short_hash(model.name, model.revision)  # unchanged for every existing claim
+    return short_hash(model.name, model.revision, model.tokenizer_repo, tokenizer_revision(vd))
+
+
+def tokenizer_revision(vd: VLLMDeployment) -> str:
+    return vd.spec.model.tokenizer_revision or "main"
 
 
 def cache_claim_name(vd: VLLMDeployment, shared: bool) -> str:
@@ -71,6 +80,15 @@ def model_dir(vd: VLLMDeployment) -> str:
         _, path = model.pvc_claim_and_path
         return f"{MODELS_MOUNT}/{path}".rstrip("/")
     return model_cache_path(MODELS_MOUNT, model.name, model.revision)
+
+
+def tokenizer_dir(vd: VLLMDeployment) -> str | None:
+    """What the server's --tokenizer names: a hub tokenizer's folder in the cache (the download
+    Job's layout; servers run offline), a path as given, or None for the model's own."""
+    model = vd.spec.model
+    if model.tokenizer_repo is not None:
+        return model_cache_path(MODELS_MOUNT, model.tokenizer_repo, tokenizer_revision(vd))
+    return model.tokenizer
 
 
 def checkpoint_bytes(facts) -> int:

@@ -17,6 +17,7 @@ from scibox_operator.readiness.verdicts import (
     ProbeReason,
     ProbeResult,
     classify_completion,
+    classify_embedding,
     classify_health,
     classify_models,
 )
@@ -25,6 +26,19 @@ log = logging.getLogger(__name__)
 
 _MAX_BODY_BYTES = 1024 * 1024
 _COMPLETION_PROMPT = "Hello"
+# What proves a replica serves, by model.task: one generated token, or one embedding.
+_TASK_REQUESTS = {
+    "generate": ("/v1/completions", classify_completion, ProbeReason.COMPLETION_FAILED,
+                 "serving; a one-token completion succeeded"),
+    "embed": ("/v1/embeddings", classify_embedding, ProbeReason.EMBEDDING_FAILED,
+              "serving; an embedding request succeeded"),
+}
+
+
+def _task_payload(task: str, served_model_name: str) -> dict[str, Any]:
+    if task == "embed":
+        return {"model": served_model_name, "input": _COMPLETION_PROMPT}
+    return {"model": served_model_name, "prompt": _COMPLETION_PROMPT, "max_tokens": 1, "temperature": 0}
 
 
 def _check_base_url(base_url: str) -> str:
@@ -100,8 +114,11 @@ async def probe_endpoint(
     completion: bool = False,
     timeout: float = 5.0,
     starting: bool = False,
+    task: str = "generate",
 ) -> ProbeResult:
-    """Probe one vLLM OpenAI server: GET /health, GET /v1/models, optionally a one-token completion.
+    """Probe one vLLM OpenAI server: GET /health, GET /v1/models, optionally (`completion`) the
+    request that proves the model's task works: a one-token completion, or for `task="embed"`
+    one embedding (POST /v1/embeddings).
 
     `timeout` bounds each request. `starting=True` tells the probe the caller knows the replica
     is still within its start-up window (e.g. its container started recently and has never
@@ -114,6 +131,8 @@ async def probe_endpoint(
         raise ValueError("served_model_name must not be empty")
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
+    if task not in _TASK_REQUESTS:
+        raise ValueError(f"task must be one of {sorted(_TASK_REQUESTS)}, got {task!r}")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     started = time.perf_counter()
@@ -141,15 +160,14 @@ async def probe_endpoint(
         return result(reason, str(unreachable))
 
     if completion:
-        request = {"model": served_model_name, "prompt": _COMPLETION_PROMPT, "max_tokens": 1, "temperature": 0}
+        path, classify, failed, served = _TASK_REQUESTS[task]
         try:
-            status, body = await _fetch(
-                session, "POST", url, "/v1/completions", headers=headers, timeout=client_timeout, payload=request
-            )
+            status, body = await _fetch(session, "POST", url, path, headers=headers, timeout=client_timeout,
+                                        payload=_task_payload(task, served_model_name))
         except _Unreachable as unreachable:
             # /health was fine a moment ago: an engine that dies on its first request lands here.
-            return result(ProbeReason.COMPLETION_FAILED, str(unreachable))
-        if verdict := classify_completion(status, body):
+            return result(failed, str(unreachable))
+        if verdict := classify(status, body):
             return result(verdict.reason, verdict.detail, verdict.evidence)
-        return result(ProbeReason.SERVING, "serving; a one-token completion succeeded")
+        return result(ProbeReason.SERVING, served)
     return result(ProbeReason.SERVING, f"serving {served_model_name!r}")

@@ -125,7 +125,7 @@ class Prober:
                 result = await probe_endpoint(
                     self._session, f"http://{ip}:{CONTAINER_PORT}", vd.spec.model.served_name,
                     api_key=api_key, completion=uid not in self._completion_checked,
-                    timeout=self.timeout, starting=not _ever_ready(pod))
+                    timeout=self.timeout, starting=not _ever_ready(pod), task=vd.spec.model.task)
             metrics.PROBES.labels(reason=result.reason.value).inc()
             metrics.PROBE_SECONDS.observe(result.latency_s)
             if result.reason is ProbeReason.SERVING:

@@ -30,6 +30,8 @@ class ProbeReason(StrEnum):
     UNAUTHORIZED = "Unauthorized"
     # /health and /v1/models are fine but a one-token completion failed.
     COMPLETION_FAILED = "CompletionFailed"
+    # An embedding model (model.task embed): /v1/embeddings gave no embedding.
+    EMBEDDING_FAILED = "EmbeddingFailed"
 
 
 # When no replica serves, the condition carries the reason most useful to a human: problems that
@@ -39,6 +41,7 @@ _REASON_PRIORITY: tuple[ProbeReason, ...] = (
     ProbeReason.UNAUTHORIZED,
     ProbeReason.MODEL_MISSING,
     ProbeReason.COMPLETION_FAILED,
+    ProbeReason.EMBEDDING_FAILED,
     ProbeReason.ENGINE_DOWN,
     ProbeReason.LOADING,
     ProbeReason.SERVING,
@@ -139,6 +142,23 @@ def classify_completion(status: int, body: str) -> Verdict | None:
         choices = None
     if not choices:
         return Verdict(ProbeReason.COMPLETION_FAILED, "/v1/completions answered no choices", _snippet(body))
+    return None
+
+
+def classify_embedding(status: int, body: str) -> Verdict | None:
+    """/v1/embeddings: a 200 whose first item carries a non-empty vector of numbers proves the
+    pooling model runs (a generating probe would fail on it forever)."""
+    if status in (401, 403):
+        return Verdict(ProbeReason.UNAUTHORIZED, f"/v1/embeddings answered HTTP {status} (API key missing or wrong)")
+    if status != 200:
+        return Verdict(ProbeReason.EMBEDDING_FAILED, f"/v1/embeddings answered HTTP {status}", _snippet(body))
+    try:
+        vector = json.loads(body)["data"][0]["embedding"]
+    except (ValueError, KeyError, TypeError, IndexError):
+        vector = None
+    if not isinstance(vector, list) or not vector or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in vector):
+        return Verdict(ProbeReason.EMBEDDING_FAILED, "/v1/embeddings answered no embedding", _snippet(body))
     return None
 
 

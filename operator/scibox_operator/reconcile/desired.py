@@ -114,6 +114,9 @@ def desired(vd: VLLMDeployment, plan: ServingPlan, observed: Observed) -> Desire
 
     users = list(observed.users) or [vd]
     claim, note = _cache_claim(vd, plan, users, observed)
+    conflict = cache_access_conflict(vd, plan, _claim_access_modes(vd, claim))
+    if conflict is not None:
+        return Desired((), (), workload, False, conflict)
     if claim is not None:
         children.append(stamped(claim))
     if note is not None:
@@ -132,6 +135,55 @@ def desired(vd: VLLMDeployment, plan: ServingPlan, observed: Observed) -> Desire
     want("ServiceMonitor", vd.name, render_service_monitor(vd)
          if observed.service_monitor_crd and vd.spec.monitoring.service_monitor else None)
     return Desired(tuple(children), tuple(removals), workload, observed.cache.complete, None, tuple(notes))
+
+
+CACHE_ACCESS_CONFLICT = "CacheAccessModeConflict"
+# Modes whose volume several nodes may mount at once (the servers mount the cache read-only).
+_SHAREABLE_MODES = frozenset({"ReadWriteMany", "ReadOnlyMany"})
+
+
+def _claim_access_modes(vd: VLLMDeployment, claim: dict[str, Any] | None) -> tuple[str, ...]:
+    """The access modes the server pods will meet: the operator's claim as it will be applied
+    (a live claim's modes are immutable and win), else what the spec says of the user's claim
+    (pvc:// or existingClaim; Auto says nothing: that claim is the user's to size and share)."""
+    if claim is not None:
+        return tuple(claim["spec"].get("accessModes") or ())
+    mode = vd.spec.cache.access_mode
+    return () if mode == "Auto" else (mode,)
+
+
+def pods_mounting_cache(vd: VLLMDeployment, plan: ServingPlan) -> tuple[int, str]:
+    """How many server pods may hold the cache volume at the same moment, and why."""
+    replicas = vd.spec.replicas
+    pods = replicas * plan.nodes
+    why = [f"replicas {replicas}"] if replicas > 1 else []
+    if plan.multi_node and replicas:
+        why.append(f"{plan.nodes} pods per replica on different nodes")
+    # A Deployment's RollingUpdate starts the new pod (maxSurge 1) while the old one still holds
+    # the volume; a LeaderWorkerSet rolls with maxSurge 0, so it adds no pod.
+    if vd.spec.rollout.strategy == "RollingUpdate" and not plan.multi_node and replicas:
+        pods += 1
+        why.append("rollout.strategy RollingUpdate starts a surge pod beside the old one")
+    return pods, ", ".join(why)
+
+
+def cache_access_conflict(vd: VLLMDeployment, plan: ServingPlan, modes: tuple[str, ...]) -> Failure | None:
+    """A ReadWriteOnce(Pod) cache mounted by more than one pod: the scheduler places them on
+    different nodes, the volume attaches to one, and the rest wait forever on Multi-Attach
+    errors (a rollout that never finishes). Refused with the fix instead."""
+    if not modes or _SHAREABLE_MODES & set(modes):
+        return None
+    pods, why = pods_mounting_cache(vd, plan)
+    if pods <= 1:
+        return None
+    mode = "/".join(modes)
+    fixes = "use ReadWriteMany storage: a StorageClass annotated scibox.io/access-modes: ReadWriteMany " \
+            "(cache.storageClassName, with cache.accessMode Auto) or cache.accessMode ReadWriteMany"
+    if not plan.multi_node:
+        fixes += ", or serve with replicas 1 and rollout.strategy Recreate"
+    return Failure(CACHE_ACCESS_CONFLICT,
+                   f"cache claim {plan.cache_claim} is {mode}, a volume one node (one pod for ReadWriteOncePod) "
+                   f"can mount, but {pods} server pods would mount it at once ({why}): {fixes}")
 
 
 def _canonical(users: list[VLLMDeployment]) -> VLLMDeployment:

@@ -7,7 +7,7 @@ from typing import Any
 from scibox_operator.api.names import MODEL_ANNOTATION, REVISION_ANNOTATION
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.engine.cache_layout import DOWNLOAD_EXIT_CODES
-from scibox_operator.planning.serving_plan import MODELS_MOUNT, ServingPlan
+from scibox_operator.planning.serving_plan import MODELS_MOUNT, ServingPlan, tokenizer_revision
 
 from .common import (
     CACHE,
@@ -17,6 +17,7 @@ from .common import (
     container_security_context,
     labels,
     pod_security_context,
+    server_placement,
 )
 
 DOWNLOAD_SCRIPT = "/opt/scibox/download_model.sh"
@@ -83,22 +84,6 @@ def render_cache_pvc(vd: VLLMDeployment, plan: ServingPlan,
     }
 
 
-def _placement(vd: VLLMDeployment) -> dict[str, Any]:
-    """The download runs where the servers will: a ReadWriteOnce cache on node-local storage is
-    only reachable there, and GPU nodes are often tainted."""
-    out: dict[str, Any] = {}
-    selector = dict(sorted(vd.spec.node_selector.items()))
-    if vd.spec.resources.gpu_product:
-        selector["nvidia.com/gpu.product"] = vd.spec.resources.gpu_product
-    if selector:
-        out["nodeSelector"] = selector
-    out["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-                          *(t.model_dump(by_alias=True, exclude_none=True) for t in vd.spec.tolerations)]
-    if vd.spec.priority_class_name:
-        out["priorityClassName"] = vd.spec.priority_class_name
-    return out
-
-
 def download_job_name(plan: ServingPlan) -> str:
     return plan.cache_claim[: 63 - len("-download")].rstrip("-") + "-download"
 
@@ -120,6 +105,9 @@ def render_download_job(vd: VLLMDeployment, plan: ServingPlan, owners: list[VLLM
         {"name": "HF_HOME", "value": "/tmp/hf"},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
     ]
+    if model.tokenizer_repo is not None:  # the servers run offline: fetch it with the model
+        env += [{"name": "TOKENIZER_ID", "value": model.tokenizer_repo},
+                {"name": "TOKENIZER_REVISION", "value": tokenizer_revision(vd)}]
     endpoint = cache.endpoint or hub_endpoint
     if endpoint:
         env.append({"name": "HF_ENDPOINT", "value": endpoint})
@@ -149,7 +137,9 @@ def render_download_job(vd: VLLMDeployment, plan: ServingPlan, owners: list[VLLM
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": pod_security_context(),
-                    **_placement(vd),
+                    # The servers' placement, affinity included: a zonal or node-local volume
+                    # binds where this pod runs, and the servers must be able to follow it there.
+                    **server_placement(vd),
                     "containers": [{
                         "name": "download",
                         "image": cache.download_image or plan.image,

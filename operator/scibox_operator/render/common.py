@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from scibox_operator.api.names import (
@@ -66,3 +67,48 @@ def container_security_context() -> dict[str, Any]:
     """Every workload container: no capabilities, no privilege escalation, read-only root."""
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
             "readOnlyRootFilesystem": True, "runAsNonRoot": True}
+
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+
+
+def _node_affinity(vd: VLLMDeployment) -> dict[str, Any] | None:
+    user = copy.deepcopy(vd.spec.affinity) if vd.spec.affinity else {}
+    min_mem = vd.spec.resources.min_gpu_memory_mi_b
+    if min_mem is None:
+        return user or None
+    # Gt compares integers: label > min-1  <=>  label >= min.
+    expr = {"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(min_mem - 1)]}
+    node_aff = user.setdefault("nodeAffinity", {})
+    required = node_aff.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.setdefault("nodeSelectorTerms", [])
+    if not terms:
+        terms.append({"matchExpressions": []})
+    for term in terms:  # terms are ORed, so the GPU memory rule must be in each of them
+        term.setdefault("matchExpressions", []).append(expr)
+    return user
+
+
+def server_placement(vd: VLLMDeployment) -> dict[str, Any]:
+    """Where the server pods may run: the spec's node selector and GPU product, its affinity
+    plus the minGpuMemoryMiB rule, its tolerations beside the GPU taint's, its priority class.
+    The download Job's pod uses the same, so a zonal or node-local volume it binds first is one
+    the servers can reach."""
+    spec = vd.spec
+    out: dict[str, Any] = {"tolerations": [
+        {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+        *(t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations),
+    ]}
+    node_selector = dict(sorted(spec.node_selector.items()))
+    if spec.resources.gpu_product:
+        node_selector[GPU_PRODUCT_LABEL] = spec.resources.gpu_product
+    if node_selector:
+        out["nodeSelector"] = node_selector
+    affinity = _node_affinity(vd)
+    if affinity:
+        out["affinity"] = affinity
+    if spec.priority_class_name:
+        out["priorityClassName"] = spec.priority_class_name
+    return out

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from scibox_operator.api.names import API_KEY_DIGEST_ANNOTATION
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.engine.vllm_args import EngineSettings, render_vllm_args
-from scibox_operator.planning.serving_plan import GIB, MODELS_MOUNT, ServingPlan, model_dir
+from scibox_operator.planning.serving_plan import GIB, MODELS_MOUNT, ServingPlan, model_dir, tokenizer_dir
 
-from .common import SERVER, container_security_context, metadata, pod_security_context, selector_labels
+from .common import GPU_MEMORY_LABEL as GPU_MEMORY_LABEL  # re-exported: tests and docs read them here
+from .common import GPU_PRODUCT_LABEL as GPU_PRODUCT_LABEL
+from .common import (
+    GPU_RESOURCE,
+    SERVER,
+    container_security_context,
+    metadata,
+    pod_security_context,
+    selector_labels,
+    server_placement,
+)
 
 CONTAINER_PORT = 8000
 PROBE_PERIOD_SECONDS = 10
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 # Writable places under a read-only root filesystem: vLLM, torch and triton write caches below
 # HOME, and NCCL/torch need a large shared-memory /dev/shm for tensor parallel workers.
 WRITABLE_HOME = "/tmp"
@@ -33,6 +39,12 @@ SHM_BYTES_PER_GPU = 1 * GIB
 # model. Requests only reserve: a larger model still runs, it is just less protected from
 # eviction; set resources.memory for it.
 UNKNOWN_WEIGHT_BYTES_PER_POD = 8 * GIB
+
+
+# vLLM 0.32's --runner: a generating model keeps vLLM's default (nothing passed, so existing pods
+# are not restarted); an embedding model runs the pooling runner (vLLM adapts a *ForCausalLM
+# checkpoint itself: `--convert auto` resolves to embed).
+RUNNER_OF_TASK: dict[str, str | None] = {"generate": None, "embed": "pooling"}
 
 
 def engine_settings(vd: VLLMDeployment, plan: ServingPlan) -> EngineSettings:
@@ -54,7 +66,8 @@ def engine_settings(vd: VLLMDeployment, plan: ServingPlan) -> EngineSettings:
         trust_remote_code=spec.model.trust_remote_code,
         dtype=spec.model.dtype,
         quantization=spec.model.quantization,
-        tokenizer=spec.model.tokenizer,
+        tokenizer=tokenizer_dir(vd),
+        runner=RUNNER_OF_TASK[spec.model.task],
         extra_args=tuple(engine.extra_args),
     )
 
@@ -76,23 +89,6 @@ def server_env(vd: VLLMDeployment) -> list[dict[str, Any]]:
                     "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     env.extend({"name": e.name, "value": e.value} for e in vd.spec.engine.env)
     return env
-
-
-def _node_affinity(vd: VLLMDeployment) -> dict[str, Any] | None:
-    user = copy.deepcopy(vd.spec.affinity) if vd.spec.affinity else {}
-    min_mem = vd.spec.resources.min_gpu_memory_mi_b
-    if min_mem is None:
-        return user or None
-    # Gt compares integers: label > min-1  <=>  label >= min.
-    expr = {"key": GPU_MEMORY_LABEL, "operator": "Gt", "values": [str(min_mem - 1)]}
-    node_aff = user.setdefault("nodeAffinity", {})
-    required = node_aff.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
-    terms = required.setdefault("nodeSelectorTerms", [])
-    if not terms:
-        terms.append({"matchExpressions": []})
-    for term in terms:  # terms are ORed, so the GPU memory rule must be in each of them
-        term.setdefault("matchExpressions", []).append(expr)
-    return user
 
 
 def _gib(n_bytes: int) -> str:
@@ -177,21 +173,8 @@ def render_deployment(vd: VLLMDeployment, plan: ServingPlan, *, api_key_digest: 
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _gib(shm_bytes(plan))}},
             {"name": "tmp", "emptyDir": {}},
         ],
-        "tolerations": [
-            {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
-            *(t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations),
-        ],
+        **server_placement(vd),
     }
-    node_selector = dict(sorted(spec.node_selector.items()))
-    if spec.resources.gpu_product:
-        node_selector[GPU_PRODUCT_LABEL] = spec.resources.gpu_product
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
-    affinity = _node_affinity(vd)
-    if affinity:
-        pod_spec["affinity"] = affinity
-    if spec.priority_class_name:
-        pod_spec["priorityClassName"] = spec.priority_class_name
 
     if spec.rollout.strategy == "Recreate":
         strategy: dict[str, Any] = {"type": "Recreate"}

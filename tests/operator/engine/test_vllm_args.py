@@ -80,6 +80,8 @@ SMUGGLING = [
     (["--dtype", "float32"], "dtype"),
     (["--revision", "main"], "revision"),
     (["--tokenizer", "x"], "tokenizer"),
+    (["--runner", "pooling"], "runner"),
+    (["--runner=generate"], "runner"),
     (["--disable-log-stats"], "disable_log_stats"),
 ]
 
@@ -143,6 +145,7 @@ def test_owned_and_forbidden_flags_exist_in_vllm(vllm_parser):
         assert vllm_parser._option_string_actions[short] is vllm_parser._option_string_actions[long_flag]
     dtype_action = vllm_parser._option_string_actions["--dtype"]
     assert tuple(dtype_action.choices) == vllm_args.DTYPES
+    assert tuple(sorted(vllm_parser._option_string_actions["--runner"].choices)) == vllm_args.RUNNERS
 
 
 def test_validate_env_rejects_service_owned_variables():
@@ -190,6 +193,7 @@ engine_settings = st.builds(
     quantization=_maybe(st.sampled_from(["awq", "gptq", "fp8", "bitsandbytes", "compressed-tensors"])),
     tokenizer=_maybe(_path_text),
     revision=_maybe(st.from_regex(r"[0-9a-f]{40}|main|v[0-9]\.[0-9]", fullmatch=True)),
+    runner=_maybe(st.sampled_from(vllm_args.RUNNERS)),
     disable_log_stats=st.booleans(),
     extra_args=st.lists(st.sampled_from([("--enforce-eager",), ("--seed", "-3"), ("--max-logprobs=2",),
                                          ("--kv-cache-dtype", "fp8"), ("--load-format", "safetensors")]),
@@ -211,7 +215,17 @@ def test_property_vllm_parses_every_rendered_argv_back_to_the_settings(vllm_pars
     assert ns.served_model_name == ([s.served_model_name] if s.served_model_name else None)
     for field in ("max_model_len", "gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs",
                   "enable_prefix_caching", "enable_chunked_prefill", "dtype", "quantization", "tokenizer",
-                  "revision"):
+                  "revision", "runner"):
         if getattr(s, field) is not None:
             assert getattr(ns, field) == getattr(s, field), field
     assert ns.trust_remote_code is s.trust_remote_code and ns.api_key is None
+
+
+@pytest.mark.vllm
+def test_an_embed_task_reaches_vllm_as_the_pooling_runner(vllm_parser):
+    """model.task embed -> --runner=pooling, read by vLLM's own parser; an unknown runner is refused."""
+    ns = parse(vllm_parser, render_vllm_args(EngineSettings(model="/m", runner="pooling")))
+    assert ns.runner == "pooling"
+    assert parse(vllm_parser, render_vllm_args(EngineSettings(model="/m"))).runner == "auto"
+    with pytest.raises(SettingsError, match="runner"):
+        render_vllm_args(EngineSettings(model="/m", runner="embed"))

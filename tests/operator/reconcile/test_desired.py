@@ -77,12 +77,12 @@ def test_optional_children_are_removed_when_the_spec_drops_them():
 
 
 def test_switching_to_multi_node_removes_the_deployment_and_serves_from_leaders():
-    vd = vd_of(resources={"gpus": 16})
-    single = desired(vd, plan_of(vd, tp=8, pp=2, nodes=1), observed())
-    multi = desired(vd, plan_of(vd, tp=8, pp=2, nodes=2), observed(single.children))
+    vd = vd_of(resources={"gpus": 16}, cache={"accessMode": "ReadWriteMany"})  # a group mounts from 2 nodes
+    single = desired(vd, plan_of(vd, tp=8, pp=2, nodes=1, shared=True), observed())
+    multi = desired(vd, plan_of(vd, tp=8, pp=2, nodes=2, shared=True), observed(single.children))
     assert ("Deployment", "m") in multi.removals and ("LeaderWorkerSet", "m-group") in kinds(multi)
     assert "leaderworkerset.sigs.k8s.io/worker-index" in child(multi, "Service")["spec"]["selector"]
-    back = desired(vd, plan_of(vd, tp=8, pp=2, nodes=1), observed(multi.children))
+    back = desired(vd, plan_of(vd, tp=8, pp=2, nodes=1, shared=True), observed(multi.children))
     assert ("LeaderWorkerSet", "m-group") in back.removals
     assert "leaderworkerset.sigs.k8s.io/worker-index" not in child(back, "Service")["spec"]["selector"]
 
@@ -203,10 +203,72 @@ def test_a_rotated_api_key_changes_the_pod_template_and_no_key_means_no_digest()
 
 
 def test_a_multi_node_group_closes_rays_ports_to_all_but_its_own_pods_even_without_a_policy():
-    vd = vd_of(resources={"gpus": 16})
-    multi = desired(vd, plan_of(vd, tp=8, pp=2, nodes=2), observed())
+    vd = vd_of(resources={"gpus": 16}, cache={"accessMode": "ReadWriteMany"})
+    multi = desired(vd, plan_of(vd, tp=8, pp=2, nodes=2, shared=True), observed())
     rules = child(multi, "NetworkPolicy")["spec"]["ingress"]
     assert rules[0] == {"ports": [{"protocol": "TCP", "port": 8000}]}
     assert rules[1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "m"
-    single = desired(vd, plan_of(vd, tp=8, pp=2, nodes=1), observed(multi.children))
+    single = desired(vd, plan_of(vd, tp=8, pp=2, nodes=1, shared=True), observed(multi.children))
     assert ("NetworkPolicy", "m") in single.removals
+
+
+# --- cache access mode vs how many pods mount it (issue 19) ------------------------------------
+
+
+@pytest.mark.parametrize("spec,nodes,why", [
+    ({"replicas": 2}, 1, "replicas 2"),
+    ({"rollout": {"strategy": "RollingUpdate"}}, 1, "surge pod"),
+    ({"cache": {"accessMode": "ReadWriteOncePod"}, "replicas": 3}, 1, "replicas 3"),
+    ({"resources": {"gpus": 16}}, 2, "2 pods per replica"),
+])
+def test_a_read_write_once_cache_mounted_by_several_pods_is_refused_with_the_fix(spec, nodes, why):
+    vd = vd_of(**spec)
+    plan = plan_of(vd, nodes=nodes, tp=8 if nodes > 1 else 1, pp=nodes)
+    want = desired(vd, plan, observed())
+    assert want.children == () and want.removals == ()
+    assert want.failure.reason == "CacheAccessModeConflict"
+    assert why in want.failure.message and "ReadWriteMany" in want.failure.message
+    assert "cache.accessMode" in want.failure.message and plan.cache_claim in want.failure.message
+    assert ("replicas 1 and rollout.strategy Recreate" in want.failure.message) is (nodes == 1)
+
+
+def test_one_pod_or_shareable_storage_is_accepted():
+    single = vd_of()
+    assert desired(single, plan_of(single), observed()).failure is None
+    stopped = vd_of(replicas=0, rollout={"strategy": "RollingUpdate"})
+    assert desired(stopped, plan_of(stopped), observed()).failure is None, "no pod mounts a scaled-to-zero cache"
+    rwx = vd_of(replicas=4, rollout={"strategy": "RollingUpdate"}, cache={"accessMode": "ReadWriteMany"})
+    want = desired(rwx, plan_of(rwx, shared=True), observed())
+    assert want.failure is None and child(want, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
+    # Auto picked RWX (the StorageClass offers it): the same spec is accepted.
+    auto = vd_of(replicas=4)
+    assert desired(auto, plan_of(auto, shared=True), observed()).failure is None
+    assert desired(auto, plan_of(auto, shared=False), observed()).failure.reason == "CacheAccessModeConflict"
+
+
+def test_the_live_claims_immutable_access_mode_decides_and_a_users_claim_only_when_the_spec_says():
+    vd = vd_of(replicas=2, cache={"accessMode": "ReadWriteMany"})
+    plan = plan_of(vd, shared=True)
+    live = copy.deepcopy(child(desired(vd, plan, observed(cache=CacheState(False))), "PersistentVolumeClaim"))
+    live["spec"]["accessModes"] = ["ReadWriteOnce"]  # made before, by hand or an older spec
+    assert desired(vd, plan, observed([live])).failure.reason == "CacheAccessModeConflict"
+    live["spec"]["accessModes"] = ["ReadOnlyMany"]
+    assert desired(vd, plan, observed([live])).failure is None
+    # The user's own claim: unknown modes under Auto (not the operator's to judge), else the spec's word.
+    theirs = vd_of(replicas=2, cache={"existingClaim": "weights"})
+    assert desired(theirs, plan_of(theirs), observed()).failure is None
+    said_rwo = vd_of(replicas=2, model={"name": "pvc://weights/llama"}, cache={"accessMode": "ReadWriteOnce"})
+    assert desired(said_rwo, plan_of(said_rwo), observed()).failure.reason == "CacheAccessModeConflict"
+
+
+def test_cli_render_refuses_what_the_controller_would_refuse():
+    from scibox_operator.cli import render_manifests
+    from scibox_operator.planning.serving_plan import PlanFailure
+
+    body = {"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment",
+            "metadata": {"name": "m", "namespace": "ns", "uid": "u"},
+            "spec": {"model": {"name": "org/model"}, "resources": {"gpus": 1}, "replicas": 2}}
+    with pytest.raises(PlanFailure, match="CacheAccessModeConflict|ReadWriteMany"):
+        render_manifests(copy.deepcopy(body))
+    body["spec"]["cache"] = {"accessMode": "ReadWriteMany"}
+    assert any(m["kind"] == "Deployment" for m in render_manifests(body))

@@ -177,3 +177,88 @@ def test_network_policy_only_when_enabled_and_lets_the_operator_in():
     own = render_network_policy(parse(body(networkPolicy={"enabled": True})), operator_namespace="")
     assert own["spec"]["ingress"][0]["from"] == [{"namespaceSelector": {"matchExpressions": [
         {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["ns"]}]}}]
+
+
+PLACEMENT_KEYS = ("nodeSelector", "affinity", "tolerations", "priorityClassName")
+
+
+def placement(pod_spec: dict) -> dict:
+    return {k: pod_spec[k] for k in PLACEMENT_KEYS if k in pod_spec}
+
+
+def test_the_download_pod_is_placed_where_the_server_pods_can_follow():
+    """Issue 19: the download pod binds a zonal or node-local cache where it runs, so it gets the
+    servers' node selector, affinity (the minGpuMemoryMiB rule included) and tolerations."""
+    zone = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["z1"]}]}]}}}
+    vd = parse(body(nodeSelector={"pool": "gpu"}, affinity=zone, priorityClassName="serving",
+                    tolerations=[{"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"}],
+                    resources={"gpuProduct": "NVIDIA-H100-80GB-HBM3", "minGpuMemoryMiB": 80000}))
+    p = plan_for(vd)
+    job_pod = render_download_job(vd, p, [vd])["spec"]["template"]["spec"]
+    server_pod = render_deployment(vd, p)["spec"]["template"]["spec"]
+    assert placement(job_pod) == placement(server_pod)
+    assert job_pod["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    exprs = job_pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchExpressions"]
+    assert [e["key"] for e in exprs] == ["topology.kubernetes.io/zone", "nvidia.com/gpu.memory"]
+    assert {"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"} in job_pod["tolerations"]
+
+    # Dropping them from the spec drops them from the download pod too.
+    bare = parse(body())
+    bare_pod = render_download_job(bare, plan_for(bare), [bare])["spec"]["template"]["spec"]
+    assert placement(bare_pod) == {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                    "effect": "NoSchedule"}]}
+    assert placement(bare_pod) == placement(render_deployment(bare, plan_for(bare))["spec"]["template"]["spec"])
+
+
+def job_env(vd) -> dict:
+    job = render_download_job(vd, plan_for(vd), [vd])
+    return {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def server_flags(vd) -> list[str]:
+    return render_deployment(vd, plan_for(vd))["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_a_hub_tokenizer_is_downloaded_with_the_model_and_served_from_the_cache():
+    """Issue 19: servers run with HF_HUB_OFFLINE=1, so a tokenizer repo must be in the cache."""
+    vd = parse(body(model={"name": "org/model", "tokenizer": "org/tok", "tokenizerRevision": "v2"}))
+    env = job_env(vd)
+    assert env["TOKENIZER_ID"] == "org/tok" and env["TOKENIZER_REVISION"] == "v2"
+    assert "--tokenizer=/models/org--tok/v2" in server_flags(vd)
+    assert "--tokenizer=/models/org--tok/main" in server_flags(parse(body(model={"name": "org/model",
+                                                                                 "tokenizer": "org/tok"})))
+    # The claim is keyed by the tokenizer too (one Job fetches both); without one the key is unchanged.
+    plain = parse(body())
+    assert cache_claim_name(vd, True) != cache_claim_name(plain, True)
+    assert cache_claim_name(plain, True) == cache_claim_name(parse(body(model={"name": "org/model",
+                                                                                "tokenizer": "/models/t"})), True)
+
+    # Dropping the tokenizer removes the flag and the Job's variables.
+    assert not any(f.startswith("--tokenizer") for f in server_flags(plain))
+    assert "TOKENIZER_ID" not in job_env(plain) and "TOKENIZER_REVISION" not in job_env(plain)
+    # A path is passed as given and downloads nothing.
+    path = parse(body(model={"name": "org/model", "tokenizer": "/models/custom-tok"}))
+    assert "--tokenizer=/models/custom-tok" in server_flags(path) and "TOKENIZER_ID" not in job_env(path)
+
+
+@pytest.mark.parametrize("model,needle", [
+    ({"name": "org/model", "tokenizer": "relative/dir/x"}, "absolute path or a hub repo id"),
+    ({"name": "org/model", "tokenizer": "org/a--b"}, "tokenizer"),
+    ({"name": "pvc://weights/llama", "tokenizer": "org/tok"}, "no download Job"),
+    ({"name": "org/model", "tokenizerRevision": "v2"}, "tokenizerRevision"),
+    ({"name": "org/model", "tokenizer": "/models/t", "tokenizerRevision": "v2"}, "tokenizerRevision"),
+    ({"name": "org/model", "task": "chat"}, "spec.model.task"),
+])
+def test_bad_tokenizer_and_task_values_are_refused(model, needle):
+    with pytest.raises(InvalidSpec, match=needle):
+        parse(body(model=model))
+
+
+def test_an_embedding_model_runs_the_pooling_runner_and_generate_passes_nothing():
+    embed = parse(body(model={"name": "org/model", "task": "embed"}))
+    assert "--runner=pooling" in server_flags(embed)
+    generate = parse(body(model={"name": "org/model", "task": "generate"}))
+    assert not any(f.startswith("--runner") for f in server_flags(generate))
+    assert server_flags(generate) == server_flags(parse(body())), "the default renders as before (no restart)"
