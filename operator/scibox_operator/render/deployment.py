@@ -54,6 +54,7 @@ def engine_settings(vd: VLLMDeployment, plan: ServingPlan) -> EngineSettings:
         trust_remote_code=spec.model.trust_remote_code,
         dtype=spec.model.dtype,
         quantization=spec.model.quantization,
+        kv_cache_dtype=engine.kv_cache_dtype,
         tokenizer=spec.model.tokenizer,
         extra_args=tuple(engine.extra_args),
     )
@@ -183,8 +184,10 @@ def render_deployment(vd: VLLMDeployment, plan: ServingPlan, *, api_key_digest: 
         ],
     }
     node_selector = dict(sorted(spec.node_selector.items()))
-    if spec.resources.gpu_product:
-        node_selector[GPU_PRODUCT_LABEL] = spec.resources.gpu_product
+    # The product the memory plan was made for: a pod on a smaller GPU would run out of memory.
+    product = spec.resources.gpu_product or plan.gpu_product
+    if product:
+        node_selector[GPU_PRODUCT_LABEL] = product
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     affinity = _node_affinity(vd)
