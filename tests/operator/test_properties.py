@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from scibox_operator.api.spec import InvalidSpec, parse
 from scibox_operator.cli import render_manifests
-from scibox_operator.engine.vllm_args import FORBIDDEN_FLAGS, OWNED_FLAGS, SERVICE_ENV
+from scibox_operator.engine.vllm_args import FORBIDDEN_FLAGS, OWNED_FLAGS, PLANNED_FLAGS, SERVICE_ENV
 from scibox_operator.planning import GPU_TABLE
 from scibox_operator.planning.serving_plan import GpuNode, PlanFailure, decide_serving_plan
 from scibox_operator.render.cache import render_cache_pvc, render_download_job
@@ -63,7 +63,7 @@ CAMEL_REASON = re.compile(r"^[A-Z][A-Za-z0-9]+$")
 
 # vLLM 0.32 flags a user may legitimately pass (none owned by the spec).
 HARMLESS_ARG_GROUPS = [("--enforce-eager",), ("--seed", "7"), ("--seed=-3",), ("--max-logprobs=2",),
-                       ("--kv-cache-dtype", "fp8"), ("--load-format", "safetensors"),
+                       ("--kv-cache-dtype-skip-layers", "0"), ("--load-format", "safetensors"),
                        ("--enable-log-requests",), ("--block-size=16",), ("--uvicorn-log-level=warning",)]
 
 
@@ -76,7 +76,8 @@ def _smuggle_spellings(flag: str) -> list[str]:
     return out
 
 
-SMUGGLE_TOKENS = sorted({s for f in sorted(OWNED_FLAGS | set(FORBIDDEN_FLAGS)) for s in _smuggle_spellings(f)}
+SMUGGLE_TOKENS = sorted({s for f in sorted(OWNED_FLAGS | set(FORBIDDEN_FLAGS) | set(PLANNED_FLAGS.values()))
+                         for s in _smuggle_spellings(f)}
                         | {"-tp", "-tp=4", "-pp2", "-q", "-qawq", "--", "evil/model"})
 
 
@@ -134,7 +135,7 @@ def _extra_args(smuggle: bool = True) -> st.SearchStrategy[list[str]]:
 
 CEL_OWNED_EXTRA_ARG = re.compile(
     r"^-(-(no-)?)?(model|served-model-name|host|port|tensor-parallel-size|pipeline-parallel-size|tp|pp|"
-    r"max-model-len|gpu-memory-utilization|max-num-batched-tokens|max-num-seqs|enable-prefix-caching|"
+    r"max-model-len|gpu-memory-utilization|max-num-batched-tokens|max-num-seqs|kv-cache-dtype|enable-prefix-caching|"
     r"enable-chunked-prefill|trust-remote-code|dtype|quantization|q|tokenizer|revision|runner|api-key|download-dir)"
     r"([=_].*)?$")
 CEL_OWNED_ENV = {"VLLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_HOME",

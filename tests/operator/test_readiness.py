@@ -7,7 +7,6 @@ a real engine.
 
 from __future__ import annotations
 
-import base64
 import time
 
 import pytest

@@ -17,7 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from scibox_operator.api.names import API_VERSION
 from scibox_operator.engine.cache_layout import model_cache_path
-from scibox_operator.engine.vllm_args import validate_env, validate_extra_args
+from scibox_operator.engine.vllm_args import (
+    KV_CACHE_DTYPES,
+    validate_env,
+    validate_extra_args,
+    validate_planned_extra_args,
+)
 
 Auto = Literal["auto"]
 
@@ -159,6 +164,11 @@ class Engine(_Model):
     gpu_memory_utilization: float = Field(default=0.9, ge=0.05, le=0.99)
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     max_num_seqs: int | None = Field(default=None, ge=1)
+    # None leaves vLLM's "auto" (the serving dtype) and renders no flag.
+    kv_cache_dtype: str | None = None
+    # Full-length sequences the KV cache must hold at once: the planner adds GPUs for them.
+    # None plans for one, which is all vLLM itself requires to start.
+    target_concurrent_sequences: int | None = Field(default=None, ge=1, le=4096)
     enable_prefix_caching: bool | None = None
     enable_chunked_prefill: bool | None = None
     extra_args: tuple[str, ...] = ()
@@ -167,9 +177,16 @@ class Engine(_Model):
     @field_validator("extra_args")
     @classmethod
     def _no_owned_flags(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        errors = validate_extra_args(list(v))
+        errors = validate_extra_args(list(v)) + validate_planned_extra_args(list(v))
         if errors:
             raise ValueError("; ".join(errors))
+        return v
+
+    @field_validator("kv_cache_dtype")
+    @classmethod
+    def _known_kv_dtype(cls, v: str | None) -> str | None:
+        if v is not None and v not in KV_CACHE_DTYPES:
+            raise ValueError(f"kvCacheDtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {v!r}")
         return v
 
     @field_validator("env")

@@ -17,6 +17,7 @@ from typing import Any
 __all__ = [
     "DTYPES",
     "RUNNERS",
+    "KV_CACHE_DTYPES",
     "text",
     "word",
     "integer",
@@ -24,6 +25,7 @@ __all__ = [
     "boolean",
     "dtype",
     "runner",
+    "kv_cache_dtype",
     "quantization",
     "host",
     "repo_id",
@@ -34,6 +36,10 @@ __all__ = [
 DTYPES = ("auto", "bfloat16", "float", "float16", "float32", "half")
 # vLLM 0.32's `--runner` choices (checked against the real parser in the tests).
 RUNNERS = ("auto", "draft", "generate", "pooling")
+# The `--kv-cache-dtype` choices of vLLM 0.32 (CacheDType in vllm/config/cache.py) whose bytes
+# per value the planner knows (planning/numerics.py): the others are device-specific (fp8_inc
+# on Gaudi), MLA-only (fp8_ds_mla) or sub-byte layouts the planner would size wrongly.
+KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2")
 
 
 def text(value: Any, what: str) -> str:
@@ -107,6 +113,10 @@ def runner(value: Any, what: str) -> str:
     parsed = word(value, what).lower()
     if parsed not in RUNNERS:
         raise ValueError(f"{what} must be one of {', '.join(RUNNERS)}, got {value!r}")
+def kv_cache_dtype(value: Any, what: str) -> str:
+    parsed = word(value, what)
+    if parsed not in KV_CACHE_DTYPES:
+        raise ValueError(f"{what} must be one of {', '.join(KV_CACHE_DTYPES)}, got {value!r}")
     return parsed
 
 

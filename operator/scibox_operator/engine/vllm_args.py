@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import values as check
-from .values import DTYPES, RUNNERS
+from .values import DTYPES, KV_CACHE_DTYPES, RUNNERS
 
 __all__ = [
     "EngineSettings",
@@ -43,6 +43,9 @@ __all__ = [
     "SETTING_BY_ENV",
     "DTYPES",
     "RUNNERS",
+    "KV_CACHE_DTYPES",
+    "PLANNED_FLAGS",
+    "validate_planned_extra_args",
 ]
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class EngineSettings:
     trust_remote_code: bool = False
     dtype: str | None = None
     quantization: str | None = None
+    kv_cache_dtype: str | None = None
     tokenizer: str | None = None
     revision: str | None = None
     runner: str | None = None  # "generate" / "pooling" (vLLM's --runner); None: vLLM's own choice
@@ -149,13 +153,23 @@ _REFUSED_LONG: dict[str, str] = {
     **{flag: f"is not allowed: {why}" for flag, why in FORBIDDEN_FLAGS.items()},
 }
 _REFUSED_LONG_NAMES = sorted(f[2:] for f in _REFUSED_LONG)
+
+# Flags the operator's planner sizes memory from (EngineSettings field -> flag). They are not
+# owned by the image's settings contract (its EXTRA_ARGS may carry them: nothing plans there),
+# but the operator renders them from the spec and refuses them in a spec's extra args: a KV
+# dtype the planner never saw would make its memory estimate wrong.
+PLANNED_FLAGS: dict[str, str] = {"kv_cache_dtype": "--kv-cache-dtype"}
+_PLANNED_LONG = {flag: "is set by the engine settings (the planner sizes memory from it)"
+                 for flag in PLANNED_FLAGS.values()}
+_PLANNED_LONG_NAMES = sorted(f[2:] for f in _PLANNED_LONG)
 # Real vLLM 0.32 flags that happen to be prefixes of refused ones: argparse matches them exactly,
 # so they are not abbreviations (the tests list every such flag from vLLM's parser).
 _EXACT_FLAGS_PREFIXING_REFUSED = frozenset({"reasoning-parser"})
 
 
 def _setting_hint(flag: str) -> str:
-    field = next((f for f, fl in _FLAG_OF_FIELD.items() if fl == _LONG_ALIASES.get(flag, flag)), None)
+    owned = {**_FLAG_OF_FIELD, **PLANNED_FLAGS}
+    field = next((f for f, fl in owned.items() if fl == _LONG_ALIASES.get(flag, flag)), None)
     return f" (use the `{field}` setting)" if field else ""
 
 
@@ -163,7 +177,8 @@ def _is_negative_number(token: str) -> bool:
     return re.fullmatch(r"-\d+(\.\d+)?([eE][-+]?\d+)?", token) is not None
 
 
-def _refusal_for_long(token: str) -> str | None:
+def _refusal_for_long(token: str, refused: Mapping[str, str] = _REFUSED_LONG,
+                      names: list[str] = _REFUSED_LONG_NAMES) -> str | None:
     """Why a `--...` token is refused, or None.  Mirrors FlexibleArgumentParser's rewriting."""
     name = token[2:].split("=", 1)[0]
     # `--json-arg.key value` becomes `--json-arg '{"key": value}'`; `--x+` appends to a list.
@@ -175,15 +190,15 @@ def _refusal_for_long(token: str) -> str | None:
         candidates.append(name[3:])
     for cand in candidates:
         flag = "--" + cand
-        if flag in _REFUSED_LONG:
-            return f"{token!r}: {flag} {_REFUSED_LONG[flag]}{_setting_hint(flag)}"
+        if flag in refused:
+            return f"{token!r}: {flag} {refused[flag]}{_setting_hint(flag)}"
     # argparse accepts unambiguous prefixes (allow_abbrev is on in vLLM's parser).
     for cand in candidates:
         if cand in _EXACT_FLAGS_PREFIXING_REFUSED:
             continue
-        hits = [n for n in _REFUSED_LONG_NAMES if n.startswith(cand)]
+        hits = [n for n in names if n.startswith(cand)]
         if hits:
-            return f"{token!r} abbreviates --{hits[0]}, which {_REFUSED_LONG['--' + hits[0]]}"
+            return f"{token!r} abbreviates --{hits[0]}, which {refused['--' + hits[0]]}"
     return None
 
 
@@ -232,6 +247,15 @@ def validate_extra_args(args: Iterable[str]) -> list[str]:
         if problem:
             errors.append(problem)
     return errors
+
+
+def validate_planned_extra_args(args: Iterable[str]) -> list[str]:
+    """Problems of extra args that set a flag the planner reads (PLANNED_FLAGS), [] if none.
+    Only long flags: none of them has a short alias in vLLM 0.32."""
+    if isinstance(args, (str, bytes)):
+        return []  # validate_extra_args reports the shape
+    return [problem for token in args if isinstance(token, str) and token.startswith("--")
+            and (problem := _refusal_for_long(token, _PLANNED_LONG, _PLANNED_LONG_NAMES)) is not None]
 
 
 # --- environment variables ------------------------------------------------------------------------
@@ -337,6 +361,7 @@ def validate_settings(s: EngineSettings) -> list[str]:
         ("enable_chunked_prefill", s.enable_chunked_prefill, check.boolean),
         ("dtype", s.dtype, check.dtype),
         ("quantization", s.quantization, check.quantization),
+        ("kv_cache_dtype", s.kv_cache_dtype, check.kv_cache_dtype),
         ("tokenizer", s.tokenizer, check.text),
         ("revision", s.revision, check.word),
         ("runner", s.runner, check.runner),
@@ -360,6 +385,9 @@ def validate_settings(s: EngineSettings) -> list[str]:
         errors.append("extra_args must be a tuple (or list) of strings")
     else:
         errors.extend(validate_extra_args(s.extra_args))
+        # Set twice, vLLM would take the last: the extra arg, not what the settings say.
+        if s.kv_cache_dtype is not None:
+            errors.extend(validate_planned_extra_args(s.extra_args))
     return errors
 
 
@@ -395,6 +423,8 @@ def render_vllm_args(s: EngineSettings) -> list[str]:
         value = getattr(s, field)
         if value is not None:
             args.append(f"{_FLAG_OF_FIELD[field]}={value}")
+    if s.kv_cache_dtype is not None:
+        args.append(f"{PLANNED_FLAGS['kv_cache_dtype']}={s.kv_cache_dtype}")
     if s.disable_log_stats:
         args.append("--disable-log-stats")
     args += list(s.extra_args)

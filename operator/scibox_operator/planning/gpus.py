@@ -40,6 +40,10 @@ class GpuType:
     compute_capability: tuple[int, int] = (8, 0)
     products: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
+    # GPUs a node of this board usually carries (HGX/DGX baseboards and the clouds' largest
+    # shapes: 8): what a plan assumes when the spec names the GPU but no such node exists yet
+    # (an autoscaled pool at zero). GH200 is one superchip per node.
+    usual_gpus_per_node: int = 8
 
     @property
     def memory_bytes(self) -> int:
@@ -66,8 +70,8 @@ class GpuType:
                 "computeCapability": "%d.%d" % self.compute_capability}
 
 
-def _gpu(name, memory_mib, cc, products=(), aliases=()) -> GpuType:
-    return GpuType(name, memory_mib, cc, tuple(products), tuple(aliases))
+def _gpu(name, memory_mib, cc, products=(), aliases=(), per_node=8) -> GpuType:
+    return GpuType(name, memory_mib, cc, tuple(products), tuple(aliases), per_node)
 
 
 # Memory figures: the MiB totals nvidia-smi / GFD report for each board.
@@ -95,7 +99,7 @@ GPU_TABLE: tuple[GpuType, ...] = (
          ["h100", "h100-80gb", "h100-sxm", "h100-pcie", "h800"]),
     _gpu("H100-NVL", 95830, (9, 0), ["NVIDIA-H100-NVL"], ["h100-nvl", "h100-94gb"]),
     _gpu("H20", 97871, (9, 0), ["NVIDIA-H20"], ["h20", "h20-96gb"]),
-    _gpu("GH200-96GB", 97871, (9, 0), ["NVIDIA-GH200-480GB"], ["gh200", "gh200-96gb"]),
+    _gpu("GH200-96GB", 97871, (9, 0), ["NVIDIA-GH200-480GB"], ["gh200", "gh200-96gb"], per_node=1),
     _gpu("H200", 143771, (9, 0), ["NVIDIA-H200", "NVIDIA-H200-NVL"], ["h200", "h200-141gb", "h200-nvl"]),
     _gpu("B200", 183359, (10, 0), ["NVIDIA-B200"], ["b200", "b200-180gb"]),
 )

@@ -9,10 +9,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from scibox_operator import release
 from scibox_operator.api.spec import VLLMDeployment, dns_name, short_hash
 from scibox_operator.engine.cache_layout import model_cache_path
+
+if TYPE_CHECKING:
+    from scibox_operator.planning.gpus import GpuType
 
 MODELS_MOUNT = "/models"
 # Built from images/vllm/Dockerfile (vLLM's official image plus the download and health scripts)
@@ -37,6 +41,10 @@ class ServingPlan:
     # None when the model's config was not read (pvc:// models, hub unreachable). The server's
     # memory request is sized from it (render/deployment.py).
     weight_bytes_per_pod: int | None = None
+    # The nvidia.com/gpu.product the memory plan was made for: the server pods are pinned to it,
+    # so they never land on a smaller GPU of a mixed cluster. None: no product pin (explicit
+    # sizes, nodes without GPU Feature Discovery's labels, plans kept from older operators).
+    gpu_product: str | None = None
 
     @property
     def multi_node(self) -> bool:
@@ -193,8 +201,10 @@ def decide_serving_plan(vd: VLLMDeployment, *, config: dict | None, safetensors_
     image = spec.image or image
 
     candidates = matching_gpu_nodes(vd, nodes)
-    gpu = _gpu_type(vd, candidates) if (facts is not None or tp is None or pp is None) else None
-    gpus_per_node = max((n.gpus for n in candidates), default=0)
+    gpu, product = _gpu_type(vd, candidates) if (facts is not None or tp is None or pp is None) else (None, None)
+    explicit = tp is not None and pp is not None
+    # Explicit sizes pin no product (no memory plan was made for one): any matching node counts.
+    gpus_per_node = _gpus_per_node(candidates, None if explicit else product, gpu)
     if tp is not None and pp is not None:
         # Explicit sizes are the user's call: only what vLLM would refuse at start-up stops them
         # (the memory estimate is deliberately conservative and only chooses sizes for `auto`).
@@ -228,6 +238,7 @@ def decide_serving_plan(vd: VLLMDeployment, *, config: dict | None, safetensors_
             max_model_len=spec.model.max_model_len,
             gpu_memory_utilization=spec.engine.gpu_memory_utilization,
             tensor_parallel_size=tp, pipeline_parallel_size=pp,
+            **planning_load(vd),
         )
     except planning.PlanError as exc:
         raise PlanFailure(exc.reason, exc.message) from None
@@ -237,7 +248,55 @@ def decide_serving_plan(vd: VLLMDeployment, *, config: dict | None, safetensors_
                           f"(tensor {plan.tensor_parallel_size} x pipeline {plan.pipeline_parallel_size})")
     pods = max(1, plan.nodes)
     return ServingPlan(plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.gpus, plan.reason,
-                       claim, cache_shared, cache_size, image, pods, weight_bytes_per_pod=_per_pod(weight_bytes, pods))
+                       claim, cache_shared, cache_size, image, pods, weight_bytes_per_pod=_per_pod(weight_bytes, pods),
+                       gpu_product=product)
+
+
+def planning_load(vd: VLLMDeployment) -> dict[str, Any]:
+    """The engine settings that change what memory the plan must leave (memory.py): the batch
+    sizes vLLM profiles its activations with, the KV dtype, and how many full-length sequences
+    the KV cache must hold. Unset ones keep the planner's defaults (vLLM's own)."""
+    engine = vd.spec.engine
+    return {"max_num_seqs": engine.max_num_seqs, "max_num_batched_tokens": engine.max_num_batched_tokens,
+            "kv_cache_dtype": engine.kv_cache_dtype or "auto",
+            "concurrency_target": engine.target_concurrent_sequences or 1}
+
+
+def _gpus_per_node(candidates: list[GpuNode], product: str | None, gpu: GpuType | None) -> int:
+    """GPUs of the largest matching node of the planned product; with no such node yet (an
+    autoscaled pool at zero) the planned GPU's usual count, not 1: a 70B model must not be
+    spread over three one-GPU nodes because its pool is empty."""
+    same = [n.gpus for n in candidates if product is None or n.product == product]
+    if same:
+        return max(same)
+    return gpu.usual_gpus_per_node if gpu is not None else 0
+
+
+def plan_no_longer_fits(vd: VLLMDeployment, plan: ServingPlan, nodes: list[GpuNode]) -> str | None:
+    """Why a kept plan cannot be scheduled on the GPU nodes there are now, or None while it can.
+
+    While no node matches the spec at all, the kept plan stands: an autoscaler may bring the
+    pool back, and nothing better can be planned without nodes. Otherwise it needs
+    `plan.nodes` nodes of its product, each with the GPUs of one pod."""
+    candidates = matching_gpu_nodes(vd, nodes)
+    if not candidates:
+        return None
+    product = plan.gpu_product
+    fitting = [n for n in candidates if (product is None or n.product == product) and n.gpus >= plan.gpus_per_pod]
+    if len(fitting) >= plan.nodes:
+        return None
+    need = f"{plan.nodes} node(s)" + (f" of {product}" if product else "") + f" with {plan.gpus_per_pod} GPUs"
+    return (f"the kept plan (tensor {plan.tensor_parallel_size} x pipeline {plan.pipeline_parallel_size}) "
+            f"needs {need}; {len(fitting)} such node(s) now, matching GPU nodes: {_inventory(candidates)}")
+
+
+def _inventory(nodes: list[GpuNode]) -> str:
+    """`3 x NVIDIA-L4 (8 GPUs), 1 x NVIDIA-H100-80GB-HBM3 (4 GPUs)`: counts per product and size."""
+    counts: dict[tuple[str, int], int] = {}
+    for node in nodes:
+        key = (node.product or "unlabelled", node.gpus)
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} x {p} ({g} GPUs)" for (p, g), n in sorted(counts.items()))
 
 
 def _per_pod(weight_bytes: int | None, pods: int) -> int | None:
@@ -264,19 +323,22 @@ def _nodes_for(tp: int, pp: int, gpus_per_node: int) -> int:
 
 
 def _gpu_type(vd: VLLMDeployment, candidates: list[GpuNode]):
-    """The GPU the plan assumes: the one the spec asks for, else the most common GPU among
-    matching nodes (ties broken by product name, so the choice is deterministic)."""
+    """(GPU the plan assumes, the product label it pins to): the one the spec asks for, else the
+    most common GPU among matching nodes (ties broken by product name, so the choice is
+    deterministic). The product is None when the nodes carry no product label."""
     from scibox_operator import planning
 
-    if vd.spec.resources.gpu_product:
+    wanted = vd.spec.resources.gpu_product
+    if wanted:
         try:
-            return planning.lookup_gpu(vd.spec.resources.gpu_product)
+            return planning.lookup_gpu(wanted), wanted
         except planning.PlanError:
             pass
     if not candidates:
-        return None
+        return None, wanted
     by_product: dict[str, int] = {}
     for node in candidates:
         by_product[node.product or ""] = by_product.get(node.product or "", 0) + 1
     product = sorted(by_product.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-    return planning.gpu_from_node_labels(dict(next(n for n in candidates if (n.product or "") == product).labels))
+    labels = dict(next(n for n in candidates if (n.product or "") == product).labels)
+    return planning.gpu_from_node_labels(labels), product or None

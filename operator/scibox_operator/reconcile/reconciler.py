@@ -23,7 +23,7 @@ import aiohttp
 from scibox_operator import metrics
 from scibox_operator.api.spec import InvalidSpec, VLLMDeployment, parse, short_hash
 from scibox_operator.config import Settings
-from scibox_operator.planning.serving_plan import PlanFailure, ServingPlan, decide_serving_plan
+from scibox_operator.planning.serving_plan import PlanFailure, ServingPlan, decide_serving_plan, plan_no_longer_fits
 from scibox_operator.reconcile.apply import Applier, conflict_failure
 from scibox_operator.reconcile.desired import desired
 from scibox_operator.reconcile.last_plan import last_known_plan, plan_inputs
@@ -227,11 +227,15 @@ class Controller:
             except HubError as exc:
                 hub_error = exc.fresh()  # not exc: its traceback holds this frame (a cycle)
         shared = cache_shared(self.store, vd)
-        if hub_error is not None and not hub_error.permanent:
-            kept = last_known_plan(vd, current_status, cache_shared=shared, image=self.settings.vllm_image)
-            if kept is not None:
-                return kept, PlanNote("LastKnownPlan", f"the model's metadata cannot be read ({hub_error.message}); "
-                                                       f"serving with the last plan: {kept.parallelism_reason}")
+        kept = last_known_plan(vd, current_status, cache_shared=shared, image=self.settings.vllm_image)
+        if hub_error is not None and not hub_error.permanent and kept is not None:
+            return kept, PlanNote("LastKnownPlan", f"the model's metadata cannot be read ({hub_error.message}); "
+                                                   f"serving with the last plan: {kept.parallelism_reason}")
+        # Sticky: the kept plan stands while the spec asks for what it was made for and some
+        # nodes still hold it, so a node coming, going or being relabelled restarts no pod.
+        no_fit = plan_no_longer_fits(vd, kept, self.store.gpu_nodes()) if kept is not None else None
+        if kept is not None and hub_error is None and no_fit is None:
+            return kept, kept_plan_note(current_status)
         try:
             plan = decide_serving_plan(vd, config=config, safetensors_index=index, nodes=self.store.gpu_nodes(),
                                        cache_shared=shared, image=self.settings.vllm_image)
@@ -239,7 +243,12 @@ class Controller:
             if hub_error is not None and exc.reason == "ModelConfigUnavailable":
                 retry = None if hub_error.permanent else self._backoff(key)
                 return PlanOutcomeFailure(Failure(hub_error.reason, hub_error.message), retry)
+            if no_fit is not None:
+                exc = PlanFailure("PlanNoLongerFits", f"{no_fit}; and no new plan: {exc.message}", retry=exc.retry)
             return PlanOutcomeFailure(Failure(exc.reason, exc.message), self._backoff(key) if exc.retry else None)
+        if no_fit is not None:
+            log.warning("%s/%s: re-planned: %s", vd.namespace, vd.name, no_fit)
+            return plan, PlanNote("PlanNoLongerFits", f"{no_fit}; re-planned: {plan.parallelism_reason}")
         return plan, None
 
     async def _api_key_digest(self, vd: VLLMDeployment) -> str | None:
@@ -281,6 +290,15 @@ class Controller:
 
 
 
+
+
+def kept_plan_note(status: dict[str, Any]) -> PlanNote | None:
+    """A re-plan forced by the nodes stays reported for as long as its plan is kept (not only
+    for the one pass that made it); any other kept plan is simply Planned."""
+    cond = next((c for c in status.get("conditions") or [] if c.get("type") == "ParallelismPlanned"), None)
+    if cond is not None and cond.get("status") == "True" and cond.get("reason") == "PlanNoLongerFits":
+        return PlanNote("PlanNoLongerFits", str(cond.get("message") or ""))
+    return None
 
 
 def _unparsed(body: dict[str, Any]) -> VLLMDeployment:

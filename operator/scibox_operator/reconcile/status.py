@@ -110,7 +110,8 @@ def plan_status(plan: ServingPlan, inputs: str) -> dict[str, Any]:
             "cacheClaim": plan.cache_claim,
             "plan": {"inputs": inputs, "nodesPerReplica": plan.nodes, "cacheSize": plan.cache_size,
                      **({"weightBytesPerPod": plan.weight_bytes_per_pod}
-                        if plan.weight_bytes_per_pod is not None else {})}}
+                        if plan.weight_bytes_per_pod is not None else {}),
+                     **({"gpuProduct": plan.gpu_product} if plan.gpu_product else {})}}
 
 
 def compute_status(vd: VLLMDeployment, *, current: dict[str, Any] | None, now: datetime,

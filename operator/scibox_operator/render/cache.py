@@ -139,7 +139,7 @@ def render_download_job(vd: VLLMDeployment, plan: ServingPlan, owners: list[VLLM
                     "securityContext": pod_security_context(),
                     # The servers' placement, affinity included: a zonal or node-local volume
                     # binds where this pod runs, and the servers must be able to follow it there.
-                    **server_placement(vd),
+                    **server_placement(vd, plan.gpu_product),
                     "containers": [{
                         "name": "download",
                         "image": cache.download_image or plan.image,

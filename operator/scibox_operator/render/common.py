@@ -91,8 +91,9 @@ def _node_affinity(vd: VLLMDeployment) -> dict[str, Any] | None:
     return user
 
 
-def server_placement(vd: VLLMDeployment) -> dict[str, Any]:
-    """Where the server pods may run: the spec's node selector and GPU product, its affinity
+def server_placement(vd: VLLMDeployment, planned_product: str | None = None) -> dict[str, Any]:
+    """Where the server pods may run: the spec's node selector and GPU product (or the one the
+    plan was made for), its affinity
     plus the minGpuMemoryMiB rule, its tolerations beside the GPU taint's, its priority class.
     The download Job's pod uses the same, so a zonal or node-local volume it binds first is one
     the servers can reach."""
@@ -102,8 +103,10 @@ def server_placement(vd: VLLMDeployment) -> dict[str, Any]:
         *(t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations),
     ]}
     node_selector = dict(sorted(spec.node_selector.items()))
-    if spec.resources.gpu_product:
-        node_selector[GPU_PRODUCT_LABEL] = spec.resources.gpu_product
+    # The product the memory plan was made for: a pod on a smaller GPU would run out of memory.
+    product = spec.resources.gpu_product or planned_product
+    if product:
+        node_selector[GPU_PRODUCT_LABEL] = product
     if node_selector:
         out["nodeSelector"] = node_selector
     affinity = _node_affinity(vd)

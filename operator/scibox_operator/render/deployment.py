@@ -66,6 +66,7 @@ def engine_settings(vd: VLLMDeployment, plan: ServingPlan) -> EngineSettings:
         trust_remote_code=spec.model.trust_remote_code,
         dtype=spec.model.dtype,
         quantization=spec.model.quantization,
+        kv_cache_dtype=engine.kv_cache_dtype,
         tokenizer=tokenizer_dir(vd),
         runner=RUNNER_OF_TASK[spec.model.task],
         extra_args=tuple(engine.extra_args),
@@ -173,7 +174,7 @@ def render_deployment(vd: VLLMDeployment, plan: ServingPlan, *, api_key_digest: 
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _gib(shm_bytes(plan))}},
             {"name": "tmp", "emptyDir": {}},
         ],
-        **server_placement(vd),
+        **server_placement(vd, plan.gpu_product),
     }
 
     if spec.rollout.strategy == "Recreate":

@@ -229,3 +229,40 @@ def test_an_embed_task_reaches_vllm_as_the_pooling_runner(vllm_parser):
     assert parse(vllm_parser, render_vllm_args(EngineSettings(model="/m"))).runner == "auto"
     with pytest.raises(SettingsError, match="runner"):
         render_vllm_args(EngineSettings(model="/m", runner="embed"))
+
+
+# --- the KV-cache dtype: rendered from the settings, planned by the operator (issue 19) -------------
+
+
+def test_kv_cache_dtype_is_rendered_when_set_and_gone_when_unset():
+    with_kv = render_vllm_args(EngineSettings(model="/m", kv_cache_dtype="fp8"))
+    assert "--kv-cache-dtype=fp8" in with_kv
+    without = render_vllm_args(EngineSettings(model="/m"))
+    assert not [a for a in without if a.startswith("--kv-cache-dtype")]
+    assert [a for a in with_kv if not a.startswith("--kv-cache-dtype")] == without
+
+
+def test_kv_cache_dtype_set_twice_is_refused_and_unknown_values_too():
+    with pytest.raises(SettingsError, match="kv-cache-dtype"):
+        render_vllm_args(EngineSettings(model="/m", kv_cache_dtype="fp8", extra_args=("--kv-cache-dtype", "auto")))
+    with pytest.raises(SettingsError, match="kv_cache_dtype"):
+        render_vllm_args(EngineSettings(model="/m", kv_cache_dtype="int3"))
+    # The image's own contract (EXTRA_ARGS, nothing planned there) still lets it through.
+    assert validate_extra_args(["--kv-cache-dtype", "fp8"]) == []
+    assert vllm_args.validate_planned_extra_args(["--kv-cache-dtype", "fp8"])
+    assert vllm_args.validate_planned_extra_args(["--kv-cache-dtype-skip-layers", "0"]) == []
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("kv", vllm_args.KV_CACHE_DTYPES)
+def test_every_planned_kv_cache_dtype_is_one_vllm_parses(vllm_parser, kv):
+    action = vllm_parser._option_string_actions["--kv-cache-dtype"]
+    assert kv in action.choices
+    parsed = parse(vllm_parser, render_vllm_args(EngineSettings(model="/m", kv_cache_dtype=kv)))
+    assert parsed.kv_cache_dtype == kv
+
+
+@pytest.mark.vllm
+def test_the_planned_flags_exist_in_vllm(vllm_parser):
+    for flag in vllm_args.PLANNED_FLAGS.values():
+        assert flag in vllm_parser._option_string_actions, flag
