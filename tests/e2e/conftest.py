@@ -83,16 +83,19 @@ class E2E:
         return "\n".join(parts)
 
 
-def vllmd_body(name: str, model: str, hub_endpoint: str, *, api_key_secret: str | None = None,
+def vllmd_body(name: str, model: str, hub_endpoint: str | None, *, api_key_secret: str | None = None,
                deletion_policy: str = "Delete") -> dict:
     """A VLLMDeployment for the real-runner node: one fake GPU, CPU-sized engine settings
-    (bf16, 256 tokens: what vLLM's CPU build serves here), the cache from the local mirror."""
+    (bf16, 256 tokens: what vLLM's CPU build serves here), the cache from the local mirror
+    (`hub_endpoint`; None: the spec names no endpoint and the operator's setting must do, as on
+    an air-gapped cluster)."""
     spec: dict = {
         "model": {"name": model, "servedModelName": name, "dtype": "bfloat16", "maxModelLen": 256},
         "resources": {"gpus": 1},
         "nodeSelector": {"scibox.io/real-runner": "true"},
         "tolerations": [dict(REAL_RUNNER_TOLERATION)],
-        "cache": {"endpoint": hub_endpoint, "size": "1Gi", "deletionPolicy": deletion_policy},
+        "cache": {"size": "1Gi", "deletionPolicy": deletion_policy,
+                  **({"endpoint": hub_endpoint} if hub_endpoint else {})},
         "engine": {"maxNumSeqs": 4},
         "rollout": {"startupTimeoutSeconds": 900},
     }

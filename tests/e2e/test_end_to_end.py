@@ -97,7 +97,10 @@ def test_apply_download_serve_probe_metrics_delete(e2e_cluster, e2e_operator, e2
     e2e.rest.create(f"/api/v1/namespaces/{ns}/secrets", {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tiny-key"},
         "data": {"api-key": base64.b64encode(API_KEY.encode()).decode()}})
-    body = vllmd_body("tiny", TINY_REPO, hub_mirror.endpoint, api_key_secret="tiny-key")
+    # Air-gapped: the spec names no endpoint; the operator's own setting (the mirror) reaches the
+    # download Job, which fetches nothing from anywhere else.
+    body = vllmd_body("tiny", TINY_REPO, None, api_key_secret="tiny-key")
+    hub_mirror.clear_log()
 
     marks: dict[str, float] = {}
     applied = time.monotonic()
@@ -107,6 +110,10 @@ def test_apply_download_serve_probe_metrics_delete(e2e_cluster, e2e_operator, e2
     e2e.wait_for("the download Job to complete", lambda: job_condition(job_of(e2e, ns), "Complete"),
                  timeout=180, ns=ns)
     marks["job_complete"] = time.monotonic() - applied
+    job_env = {e["name"]: e.get("value") for e in job_of(e2e, ns)["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert job_env["HF_ENDPOINT"] == hub_mirror.endpoint, job_env
+    assert hub_mirror.requests("GET", "/scibox/tiny-llama/resolve/main/model.safetensors"), \
+        "the weights came from the mirror"
     pvc_name = e2e.vllmd(ns, "tiny")["status"]["cacheClaim"]
     pvc = e2e.rest.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{pvc_name}")
     pv = e2e.rest.get(f"/api/v1/persistentvolumes/{pvc['spec']['volumeName']}")
