@@ -232,7 +232,9 @@ def test_a_multi_node_model_is_reconciled_and_its_status_written_under_the_chart
         chart_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump({
             "apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment", "metadata": {"name": "huge"},
             # Not on any hub (the operator's is a closed port here): explicit sizes deploy without it.
-            "spec": {"model": {"name": "scibox/stand-in-405b"}, "cache": {"size": "1Gi"},
+            # The group's pods mount the cache from two nodes: ReadWriteMany (the local
+            # provisioner's hostPath volumes take any mode).
+            "spec": {"model": {"name": "scibox/stand-in-405b"}, "cache": {"size": "1Gi", "accessMode": "ReadWriteMany"},
                      "parallelism": {"tensorParallelSize": 8, "pipelineParallelSize": 2}}}))
         group = wait_for(lambda: get(chart_cluster, "leaderworkerset", "huge-group", ns), timeout=120,
                          what="the LeaderWorkerSet")
