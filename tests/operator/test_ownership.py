@@ -93,23 +93,6 @@ def test_a_users_objects_with_colliding_names_are_untouched_reported_and_kept(cl
     assert {k: fingerprint(cluster, KIND_NAMES[k], name, namespace) for k in before} == before
 
 
-@pytest.fixture
-def rwx_class(cluster):
-    cluster.kubectl("apply", "-f", "-", input="""
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata:
-  name: local-rwx-mixed
-  annotations:
-    scibox.io/access-modes: ReadWriteOnce,ReadWriteMany
-provisioner: scibox.io/local-path
-reclaimPolicy: Delete
-volumeBindingMode: Immediate
-""")
-    yield "local-rwx-mixed"
-    cluster.kubectl("delete", "storageclass", "local-rwx-mixed", "--ignore-not-found")
-
-
 def job_applies(operator) -> float:
     total = 0.0
     for line in operator.metrics().splitlines():
@@ -118,10 +101,11 @@ def job_applies(operator) -> float:
     return total
 
 
-def test_a_delete_users_deletion_leaves_the_claim_a_retain_user_serves_from(cluster, operator, namespace, rwx_class):
+def test_a_delete_users_deletion_leaves_the_claim_a_retain_user_serves_from(cluster, operator, namespace,
+                                                                         rwx_storage_class):
     applies_before = job_applies(operator)
-    apply(cluster, namespace, vllmd("keeper", cache={"size": "1Gi", "storageClassName": rwx_class}))
-    apply(cluster, namespace, vllmd("dropper", cache={"size": "1Gi", "storageClassName": rwx_class,
+    apply(cluster, namespace, vllmd("keeper", cache={"size": "1Gi", "storageClassName": rwx_storage_class}))
+    apply(cluster, namespace, vllmd("dropper", cache={"size": "1Gi", "storageClassName": rwx_storage_class,
                                                       "deletionPolicy": "Delete"}))
     for name in ("keeper", "dropper"):
         wait_for(lambda: get(cluster, "deployment", name, namespace), timeout=120, what=f"{name}'s Deployment")

@@ -176,6 +176,19 @@ def server_pod(name, ip, *owners, host_ip="127.0.0.1", host_network=False, leade
     return pod_summary(body)
 
 
+async def probe_once(controller):
+    """One probe round of the model "m", the API key as the Secret cache holds it (no API server
+    here); returns the readiness summary the prober stored."""
+    controller.secrets._cache[(NS, "key", "api-key")] = (time.monotonic(), API_KEY)
+    prober = Prober(controller)
+    prober._session = aiohttp.ClientSession()
+    try:
+        await prober._probe_one((NS, "m"), asyncio.Semaphore(4))
+    finally:
+        await prober._session.close()
+    return controller.store.readiness.get((NS, "m"))
+
+
 def test_the_prober_sends_the_key_only_to_the_pod_of_our_replica_set(monkeypatch):
     monkeypatch.delenv("SCIBOX_PROBE_ALLOWED_CIDRS", raising=False)
     base = f"127.{random.randint(64, 250)}.{random.randint(1, 250)}"
@@ -197,15 +210,7 @@ def test_the_prober_sends_the_key_only_to_the_pod_of_our_replica_set(monkeypatch
                       server_pod("forged", forged, ref("ReplicaSet", "m-abc", "forged-uid")),
                       server_pod("on-node-ip", node, rs, host_ip=node)):
                 store.put_pod(p)
-            # The API key as the controller's Secret cache holds it (no API server here).
-            controller.secrets._cache[(NS, "key", "api-key")] = (time.monotonic(), API_KEY)
-            prober = Prober(controller)
-            prober._session = aiohttp.ClientSession()
-            try:
-                await prober._probe_one((NS, "m"), asyncio.Semaphore(4))
-            finally:
-                await prober._session.close()
-            return servers, store.readiness.get((NS, "m"))
+            return servers, await probe_once(controller)
         finally:
             await servers.stop()
             await controller.hub.close()
@@ -238,14 +243,7 @@ def test_a_multi_node_leader_is_probed_through_its_stateful_set_and_workers_neve
             store.put_pod(server_pod("m-group-0-1", worker, ref("StatefulSet", "m-group-0", "w-uid"),
                                      leader_index="1"))
             store.put_pod(server_pod("fake-0", fake_leader, leader_index="0"))
-            controller.secrets._cache[(NS, "key", "api-key")] = (time.monotonic(), API_KEY)
-            prober = Prober(controller)
-            prober._session = aiohttp.ClientSession()
-            try:
-                await prober._probe_one((NS, "m"), asyncio.Semaphore(4))
-            finally:
-                await prober._session.close()
-            return servers, store.readiness.get((NS, "m"))
+            return servers, await probe_once(controller)
         finally:
             await servers.stop()
             await controller.hub.close()
