@@ -10,4 +10,6 @@ VENV=${SCIBOX_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/scibox/venv}
 if [ "${1:-}" != "--down" ]; then
   scripts/bootstrap.sh
 fi
+# This checkout's code, whichever checkout the cached venv's editable install points at.
+export PYTHONPATH="$PWD/operator:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec "$VENV/bin/python" tools/demo.py "$@"
