@@ -54,6 +54,16 @@ async def until(condition, timeout: float, what: str) -> float:
     return time.monotonic()
 
 
+async def a_leading_b_watching(api: LeaseApi) -> tuple[Replica, Replica]:
+    """Replica a holds the Lease; b has started and watches it."""
+    a = Replica(api, await api.serve(), "a")
+    b = Replica(api, await api.serve(), "b")
+    a.elector.start()
+    await until(lambda: a.elector.leading, 5, "a leading")
+    b.elector.start()
+    return a, b
+
+
 def run(scenario):
     async def main():
         api = LeaseApi()
@@ -66,12 +76,8 @@ def run(scenario):
 
 def test_a_leader_whose_renew_hangs_steps_down_within_the_deadline_before_anyone_takes_over():
     async def scenario(api: LeaseApi):
-        a = Replica(api, await api.serve(), "a")
-        b = Replica(api, await api.serve(), "b")
+        a, b = await a_leading_b_watching(api)
         try:
-            a.elector.start()
-            await until(lambda: a.elector.leading, 5, "a leading")
-            b.elector.start()
             await asyncio.sleep(3 * TIMING.retry_seconds)  # a renews a few times, b watches
             api.hang(a.port)
             await until(lambda: b.elector.leading, TIMING.lease_seconds + 3, "b taking over")
@@ -145,12 +151,8 @@ def test_a_holder_that_keeps_renewing_is_never_taken_over_whatever_its_clock_say
 
 def test_the_lease_keeps_its_format_and_a_stopped_leader_hands_over_at_once():
     async def scenario(api: LeaseApi):
-        a = Replica(api, await api.serve(), "a")
-        b = Replica(api, await api.serve(), "b")
+        a, b = await a_leading_b_watching(api)
         try:
-            a.elector.start()
-            await until(lambda: a.elector.leading, 5, "a leading")
-            b.elector.start()
             await asyncio.sleep(3 * TIMING.retry_seconds)
             held = api.lease
             stopped = time.monotonic()

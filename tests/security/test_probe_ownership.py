@@ -176,6 +176,15 @@ def server_pod(name, ip, *owners, host_ip="127.0.0.1", host_network=False, leade
     return pod_summary(body)
 
 
+def controller_with_model() -> Controller:
+    """A controller whose store holds the model "m" and its workload chain (no API server)."""
+    controller = Controller(KubeClient(lambda: None), Settings())
+    controller.store.vllmds[(NS, "m")] = vllmd_body()
+    for (kind, _), body in WORKLOADS.items():
+        controller.store.put_child(kind, body)
+    return controller
+
+
 async def probe_once(controller):
     """One probe round of the model "m", the API key as the Secret cache holds it (no API server
     here); returns the readiness summary the prober stored."""
@@ -197,12 +206,9 @@ def test_the_prober_sends_the_key_only_to_the_pod_of_our_replica_set(monkeypatch
     async def run():
         servers = FakeServers("tiny")
         await servers.start([ours, labelled, host_net, forged, node])
-        controller = Controller(KubeClient(lambda: None), Settings())
+        controller = controller_with_model()
         try:
             store = controller.store
-            store.vllmds[(NS, "m")] = vllmd_body()
-            for (kind, _), body in WORKLOADS.items():
-                store.put_child(kind, body)
             rs = ref("ReplicaSet", "m-abc", "rs-uid")
             for p in (server_pod("ours", ours, rs),
                       server_pod("labelled", labelled),
@@ -232,12 +238,9 @@ def test_a_multi_node_leader_is_probed_through_its_stateful_set_and_workers_neve
     async def run():
         servers = FakeServers("tiny")
         await servers.start([leader, worker, fake_leader])
-        controller = Controller(KubeClient(lambda: None), Settings())
+        controller = controller_with_model()
         try:
             store = controller.store
-            store.vllmds[(NS, "m")] = vllmd_body()
-            for (kind, _), body in WORKLOADS.items():
-                store.put_child(kind, body)
             sts = ref("StatefulSet", "m-group", "sts-uid")
             store.put_pod(server_pod("m-group-0", leader, sts, leader_index="0"))
             store.put_pod(server_pod("m-group-0-1", worker, ref("StatefulSet", "m-group-0", "w-uid"),
