@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from scibox_operator import release
 from scibox_operator.planning.serving_plan import DEFAULT_VLLM_IMAGE
 
 DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
@@ -25,6 +26,8 @@ class Settings:
     max_backoff: float = 300.0
     # API keys and hub tokens are re-read this often, so a rotated Secret is picked up.
     secret_ttl: float = 60.0
+    # The VLLMGateway router image (images/router): SCIBOX_ROUTER_IMAGE, else the release's.
+    router_image: str = release.ROUTER_IMAGE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -36,4 +39,5 @@ class Settings:
             hub_endpoint=env.get("SCIBOX_HUB_ENDPOINT", DEFAULT_HUB_ENDPOINT),
             forbid_trust_remote_code=_flag(env.get("SCIBOX_FORBID_TRUST_REMOTE_CODE", "")),
             secret_ttl=float(env.get("SCIBOX_SECRET_TTL_SECONDS", "60")),
+            router_image=env.get("SCIBOX_ROUTER_IMAGE") or release.ROUTER_IMAGE,
         )

@@ -12,11 +12,12 @@ from typing import Any
 import kopf
 
 from scibox_operator import metrics
-from scibox_operator.api.names import GROUP, PLURAL, VERSION, WATCHED_CRDS
+from scibox_operator.api.names import GATEWAY_PLURAL, GROUP, PLURAL, VERSION, WATCHED_CRDS
 from scibox_operator.config import Settings
 from scibox_operator.planning.serving_plan import gpu_node_from_body
 from scibox_operator.readiness.ownership import owner_summary
 from scibox_operator.readiness.prober import Prober
+from scibox_operator.reconcile.gateway import GatewayReconciler
 from scibox_operator.reconcile.policy import PolicyError
 from scibox_operator.reconcile.reconciler import Controller
 from scibox_operator.render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, SERVER
@@ -75,11 +76,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     except PolicyError as exc:  # the administrator's settings: no retry can fix them
         raise kopf.PermanentError(f"refusing to start: {exc}") from None
     memo.controller = controller
+    memo.gateways = GatewayReconciler(client, controller.store, controller.applier, controller.secrets,
+                                      controller.settings.router_image, active=controller.active)
     # before the first watch event: Jobs that finished before this moment are not counted
     memo.downloads = metrics.DownloadRecorder()
     metrics.register_state_collector(controller.store, controller.queue)
     await controller.sync.prime()
     controller.start()
+    memo.gateways.start()
     memo.prober = Prober(controller)
     memo.prober.start()
     memo.metrics_server = await metrics.serve(int(os.environ.get("SCIBOX_METRICS_PORT", "8080")),
@@ -100,6 +104,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if getattr(memo, "metrics_server", None):
         await memo.metrics_server.cleanup()
     await memo.prober.stop()
+    await memo.gateways.stop()
     await memo.controller.stop()
     await memo.controller.client.close()
 
@@ -213,3 +218,15 @@ async def optional_crd_event(event: dict[str, Any], body: kopf.Body, memo: kopf.
     if established != (body.metadata.name in crds):
         (crds.add if established else crds.discard)(body.metadata.name)
         controller.enqueue_all()
+
+
+
+@kopf.on.event(GROUP, VERSION, GATEWAY_PLURAL)
+async def vllmgateway_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """No kopf timer (it would put a finalizer on every gateway): the reconciler's own loop
+    passes each known gateway again every GATEWAY_PASS_SECONDS."""
+    gateways: GatewayReconciler = memo.gateways
+    if event["type"] == "DELETED":  # its children go with it (owner references)
+        gateways.forget(body.metadata.namespace, body.metadata.name)
+        return
+    await gateways.observe(dict(body))

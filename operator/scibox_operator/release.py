@@ -38,8 +38,15 @@ OPERATOR_IMAGE = f"{OPERATOR_REPOSITORY}:{VERSION}"
 # release, so its tag names both; a new release never overwrites an older one's image.
 VLLM_TAG = f"{VERSION}-vllm{VLLM_VERSION}"
 VLLM_IMAGE = f"{VLLM_REPOSITORY}:{VLLM_TAG}"
+# The VLLMGateway's router: vLLM's own router (PyPI `vllm-router`, a Rust binary in a wheel),
+# pinned here and in requirements/vllm-router.txt; its image is images/router/Dockerfile.
+ROUTER_VERSION = "0.1.17"
+ROUTER_REPOSITORY = f"{REGISTRY}/vllm-router"
+ROUTER_TAG = f"{VERSION}-router{ROUTER_VERSION}"
+ROUTER_IMAGE = f"{ROUTER_REPOSITORY}:{ROUTER_TAG}"
 
 OPERATOR_BASE_IMAGE = "python:3.11.14-slim-bookworm"
+ROUTER_BASE_IMAGE = OPERATOR_BASE_IMAGE
 VLLM_BASE_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
 # vLLM's own CPU builds of the same release (no SciBox scripts): the kind recipe's server image.
 VLLM_CPU_IMAGES = (f"public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v{VLLM_VERSION}",
@@ -68,6 +75,8 @@ def github_outputs(tag: str | None = None) -> dict[str, str]:
         "vllm_version": VLLM_VERSION,
         "operator_image": OPERATOR_IMAGE,
         "vllm_image": VLLM_IMAGE,
+        "router_image": ROUTER_IMAGE,
+        "router_version": ROUTER_VERSION,
         "operator_base_image": OPERATOR_BASE_IMAGE,
         "vllm_base_image": VLLM_BASE_IMAGE,
         "chart_name": CHART_NAME,
@@ -130,6 +139,13 @@ def consistency_problems(root: Path) -> list[str]:
         _expect(problems, f"{rel} FROM", _search(r"^FROM\s+(\S+)", dockerfile), base)
         _expect(problems, f"{rel} version label",
                 _search(r'org\.opencontainers\.image\.version="([^"]+)"', dockerfile), VERSION)
+    router = read("images/router/Dockerfile")
+    _expect(problems, "images/router/Dockerfile FROM", _search(r"^FROM\s+(\S+)", router), ROUTER_BASE_IMAGE)
+    _expect(problems, "images/router/Dockerfile version label",
+            _search(r'org\.opencontainers\.image\.version="([^"]+)"', router), VERSION)
+    _expect(problems, "images/router/Dockerfile vllm-router pin", _search(r"vllm-router==(\S+)", router), ROUTER_VERSION)
+    _expect(problems, "requirements/vllm-router.txt pin",
+            _search(r"^vllm-router==(\S+)", read("requirements/vllm-router.txt")), ROUTER_VERSION)
     _expect(problems, "requirements/vllm-cpu.version",
             _search(r"^VLLM_CPU_VERSION=(\S+)", read("requirements/vllm-cpu.version")), VLLM_VERSION)
     compose = read("images/vllm/docker-compose.yml")

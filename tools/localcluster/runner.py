@@ -100,6 +100,14 @@ IMAGE_ENV = {  # the ENV lines of images/vllm/Dockerfile that matter outside a c
     "DO_NOT_TRACK": "1",
 }
 PYTHON_NAMES = ("python3", "python")
+# The SciBox router image (images/router) holds one executable, vLLM's router: here the
+# `vllm-router` of the virtualenv scripts/bootstrap.sh installs it in (requirements/vllm-router.txt).
+ROUTER_NAMES = ("vllm-router",)
+ROUTER_BIN_ENV = "SCIBOX_ROUTER_BIN"
+DEFAULT_ROUTER_BIN = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scibox" / "router-venv" / "bin" / "vllm-router"
+# Where a pod's service-account volume is mounted; a container that has it reaches the API
+# server through a kubeconfig the runner writes (its in-cluster address is not emulated).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 VLLM_SERVER_MODULES = ("vllm.entrypoints.openai.api_server",)
 # What vLLM's CPU build needs here, as for the test servers; the pod's own IP replaces 127.0.0.1.
 VLLM_CPU_ENV = {k: v for k, v in SERVER_ENV.items() if k != "VLLM_HOST_IP"}
@@ -268,10 +276,20 @@ def resolve_env(container: dict, pod: dict, *, pod_ip: str, host_ip: str,
     return env
 
 
+def router_binary() -> str:
+    return os.environ.get(ROUTER_BIN_ENV) or str(DEFAULT_ROUTER_BIN)
+
+
 def resolve_executable(command0: str, python: str) -> str:
     """Where the image's executable lives on this host; StartError for anything else."""
     if command0 in PYTHON_NAMES or command0 in (f"/usr/bin/{p}" for p in PYTHON_NAMES):
         return python
+    if command0 in ROUTER_NAMES or command0 in (f"/usr/local/bin/{r}" for r in ROUTER_NAMES):
+        binary = router_binary()
+        if not Path(binary).is_file():
+            raise StartError(f'exec: "{command0}": {binary} does not exist (scripts/bootstrap.sh installs '
+                             "requirements/vllm-router.txt; or set SCIBOX_ROUTER_BIN)")
+        return binary
     mapped = map_path(command0, [(k, str(v)) for k, v in IMAGE_PATHS.items()])
     if mapped is not None:
         if not Path(mapped).is_file():
@@ -280,7 +298,11 @@ def resolve_executable(command0: str, python: str) -> str:
         return mapped
     raise StartError(f'exec: "{command0}": the real runner runs only '
                      f"{', '.join(sorted(IMAGE_PATHS))}/* and {'/'.join(PYTHON_NAMES)} "
-                     "(the SciBox vLLM image)")
+                     f"(the SciBox vLLM image) and {'/'.join(ROUTER_NAMES)} (the SciBox router image)")
+
+
+def is_router(argv: list[str]) -> bool:
+    return bool(argv) and Path(argv[0]).name in ROUTER_NAMES
 
 
 def is_vllm_server(argv: list[str]) -> bool:
@@ -312,6 +334,8 @@ def adapt_for_this_host(argv: list[str], env: dict[str, str], pod_ip: str) -> tu
         argv = set_flag(argv, "--host", pod_ip)
         env.update(VLLM_CPU_ENV)
         env["VLLM_HOST_IP"] = pod_ip
+    if is_router(argv):  # vllm-router binds its API and its metrics to the pod IP only
+        argv = set_flag(set_flag(argv, "--host", pod_ip), "--prometheus-host", pod_ip)
     env.setdefault("HF_ENDPOINT", CLOSED_HUB_ENDPOINT)
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     for key in [k for k in env if k.lower() in ("http_proxy", "https_proxy", "all_proxy")]:
@@ -905,12 +929,31 @@ class PodWorker:
         ns = self.pod["metadata"]["namespace"]
         scratch = self.dir / "scratch" / c.name
         scratch.mkdir(parents=True, exist_ok=True)
-        return host_command(
+        argv, env, cwd = host_command(
             c.spec, self.pod, pod_ip=self.ip, host_ip=self.runner.node_ip, mounts=self.mounts[c.name],
             python=self.runner.python, scratch=str(scratch), termination_file=str(self._termination_file(c)),
             secret=lambda n: self.runner.secret_data(ns, n), config_map=lambda n: self.runner.config_map_data(ns, n),
             markers={MARK_STATE: str(self.runner.state_dir), MARK_NODE: self.runner.node, MARK_POD: self.uid},
             short_tmp=self._short_tmp(c))
+        sa_dir = map_path(SERVICE_ACCOUNT_DIR, self.mounts[c.name])
+        if sa_dir is not None and "KUBECONFIG" not in env:
+            env["KUBECONFIG"] = self._in_cluster_kubeconfig(scratch, sa_dir, ns)
+        return argv, env, cwd
+
+    def _in_cluster_kubeconfig(self, scratch: Path, sa_dir: str, ns: str) -> str:
+        """What a pod's in-cluster config is (the API server's address, the mounted CA and token)
+        as a kubeconfig file: clients read it (client-go, kube-rs) before looking for
+        KUBERNETES_SERVICE_HOST, which the runner does not emulate."""
+        path = scratch / "in-cluster.kubeconfig"
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "in-cluster",
+            "clusters": [{"name": "in-cluster", "cluster": {"server": self.runner.rest.server,
+                                                            "certificate-authority": f"{sa_dir}/ca.crt"}}],
+            "users": [{"name": "pod", "user": {"tokenFile": f"{sa_dir}/token"}}],
+            "contexts": [{"name": "in-cluster", "context": {"cluster": "in-cluster", "user": "pod", "namespace": ns}}],
+        }
+        path.write_text(json.dumps(config, indent=1))
+        return str(path)
 
     def _short_tmp(self, c: Container) -> str | None:
         """A short symlink to the folder of the container's /tmp mount (see host_command)."""

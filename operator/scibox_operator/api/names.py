@@ -40,3 +40,13 @@ SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 LEADER_WORKER_SET_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
 WATCHED_CRDS = (SERVICE_MONITOR_CRD, LEADER_WORKER_SET_CRD)
 LEADER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+
+# The VLLMGateway: one OpenAI endpoint for many VLLMDeployments, on vLLM's own router.
+GATEWAY_KIND = "VLLMGateway"
+GATEWAY_PLURAL = "vllmgateways"
+ROUTER = "router"  # component label of the router's children
+OWNER_GATEWAY_LABEL = "scibox.io/vllmgateway"
+# vllm-router's --policy values a VLLMGateway may choose (the CRD's enum says the same).
+ROUTER_POLICIES = ("cache_aware", "power_of_two", "consistent_hash", "round_robin", "random")
+# Label keys the operator sets itself: server pods never take them from a VLLMDeployment's labels.
+OPERATOR_LABEL_PREFIXES = ("app.kubernetes.io/", "scibox.io/")

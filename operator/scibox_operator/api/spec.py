@@ -274,6 +274,9 @@ class VLLMDeployment:
     uid: str
     generation: int
     spec: VLLMDeploymentSpec
+    # The object's own labels, sorted: its server pods carry them too (a VLLMGateway's router
+    # selects worker pods by them).
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def owner_reference(self) -> dict[str, Any]:
@@ -314,6 +317,7 @@ def parse(body: Mapping[str, Any]) -> VLLMDeployment:
         uid=meta.get("uid", ""),
         generation=int(meta.get("generation") or 0),
         spec=spec,
+        labels=tuple(sorted((str(k), str(v)) for k, v in (meta.get("labels") or {}).items())),
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from scibox_operator import metrics
 from scibox_operator.api.spec import VLLMDeployment
@@ -49,6 +49,16 @@ class Applied:
     workload: dict[str, Any] | None
     conflicts: tuple[tuple[str, str], ...] = ()
     rejected: ChildRejected | None = None
+
+
+class Owner(Protocol):
+    """Whose children these are: a VLLMDeployment or a VLLMGateway (namespace and uid suffice)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def uid(self) -> str: ...
 
 
 class Applier:
@@ -94,7 +104,26 @@ class Applier:
             workload = await self._read_fresh(kind, vd.namespace, name) or workload
         return Applied(workload=workload, conflicts=tuple(conflicts), rejected=rejected)
 
-    async def _ensure_child(self, vd: VLLMDeployment, child: dict[str, Any]) -> None:
+    async def apply_children(self, owner: Owner, children: Iterable[dict[str, Any]],
+                             removals: Iterable[tuple[str, str]]) -> Applied:
+        """The same writes for an owner without a workload or cache (a VLLMGateway): apply the
+        children that differ, remove the unwanted ones that are the owner's, touch nothing else."""
+        results = await asyncio.gather(*(self._ensure_child(owner, c) for c in children),
+                                       *(self._remove_child(owner, kind, name) for kind, name in removals),
+                                       return_exceptions=True)
+        rejected = next((r for r in results if isinstance(r, ChildRejected)), None)
+        conflicts = sorted({r.key for r in results if isinstance(r, ChildConflict)})
+        error = next((r for r in results if isinstance(r, BaseException)
+                      and not isinstance(r, (ChildRejected, ChildConflict))), None)
+        del results
+        if error is not None:
+            try:
+                raise error
+            finally:
+                error = None
+        return Applied(workload=None, conflicts=tuple(conflicts), rejected=rejected)
+
+    async def _ensure_child(self, vd: Owner, child: dict[str, Any]) -> None:
         kind = child["kind"]
         name = child["metadata"]["name"]
         live = self.store.child(kind, vd.namespace, name)
@@ -128,7 +157,7 @@ class Applier:
         metrics.APPLIES.labels(kind=kind).inc()
         self.store.put_child(kind, result)
 
-    async def _remove_child(self, vd: VLLMDeployment, kind: str, name: str) -> None:
+    async def _remove_child(self, vd: Owner, kind: str, name: str) -> None:
         live = self.store.child(kind, vd.namespace, name)
         if live is None or not owned_by(kind, live, vd.uid):
             return  # what is not ours stays, even when it carries our labels

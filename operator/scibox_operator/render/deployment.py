@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scibox_operator.api.names import API_KEY_DIGEST_ANNOTATION
+from scibox_operator.api.names import API_KEY_DIGEST_ANNOTATION, OPERATOR_LABEL_PREFIXES
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.engine.vllm_args import EngineSettings, render_vllm_args
 from scibox_operator.planning.serving_plan import GIB, MODELS_MOUNT, ServingPlan, model_dir, tokenizer_dir
@@ -139,6 +139,13 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 
 
 
+def gateway_pod_labels(vd: VLLMDeployment) -> dict[str, str]:
+    """The VLLMDeployment's own labels, which its server pods carry so that a VLLMGateway's
+    router, selecting worker pods by label, fronts the VLLMDeployments its selector matches.
+    The operator's own keys (app.kubernetes.io/*, scibox.io/*) are never taken from the user."""
+    return {k: v for k, v in vd.labels if not k.startswith(OPERATOR_LABEL_PREFIXES)}
+
+
 def render_deployment(vd: VLLMDeployment, plan: ServingPlan, *, api_key_digest: str | None = None) -> dict[str, Any]:
     spec = vd.spec
     startup_failures = max(1, -(-spec.rollout.startup_timeout_seconds // PROBE_PERIOD_SECONDS))
@@ -195,7 +202,7 @@ def render_deployment(vd: VLLMDeployment, plan: ServingPlan, *, api_key_digest: 
             "strategy": strategy,
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": dict(meta["labels"]),
+                "metadata": {"labels": {**gateway_pod_labels(vd), **meta["labels"]},
                              **({"annotations": {API_KEY_DIGEST_ANNOTATION: api_key_digest}}
                                 if api_key_digest and spec.auth.api_key_secret_ref else {})},
                 "spec": pod_spec,

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from scibox_operator.api.names import API_VERSION, FIELD_MANAGER, KIND, PLURAL
+from scibox_operator.api.names import API_VERSION, FIELD_MANAGER, GATEWAY_KIND, GATEWAY_PLURAL, KIND, PLURAL
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,11 @@ KINDS = {k.kind: k for k in (
     Kind("coordination.k8s.io/v1", "Lease", "leases"),
     Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
     Kind("storage.k8s.io/v1", "StorageClass", "storageclasses", namespaced=False),
+    # a VLLMGateway and its router's account (reconcile/gateway.py)
+    Kind(API_VERSION, GATEWAY_KIND, GATEWAY_PLURAL),
+    Kind("v1", "ServiceAccount", "serviceaccounts"),
+    Kind("rbac.authorization.k8s.io/v1", "Role", "roles"),
+    Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
 )}
 
 
