@@ -45,6 +45,18 @@ if [ ! -e "$OP_STAMP" ]; then
   touch "$OP_STAMP"
 fi
 
+# vLLM's router (VLLMGateway), in a virtualenv of its own: its requirements must not move the
+# versions vLLM's CPU build needs. The real runner maps the router image's `vllm-router` to it.
+ROUTER_VENV=${SCIBOX_ROUTER_VENV:-$CACHE/router-venv}
+ROUTER_STAMP=$ROUTER_VENV/.router-$(stamp_of requirements/vllm-router.txt)
+if [ ! -e "$ROUTER_STAMP" ]; then
+  log "installing vllm-router into $ROUTER_VENV"
+  [ -x "$ROUTER_VENV/bin/python" ] || "$PY" -m venv "$ROUTER_VENV"
+  "$ROUTER_VENV/bin/pip" install -q -r requirements/vllm-router.txt
+  "$ROUTER_VENV/bin/vllm-router" --help >/dev/null
+  touch "$ROUTER_STAMP"
+fi
+
 # --- Debian packages ------------------------------------------------------------
 # prometheus (+promtool): the monitoring tests' real Prometheus; lua5.1: the Argo CD health check.
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v lua5.1 >/dev/null 2>&1; then

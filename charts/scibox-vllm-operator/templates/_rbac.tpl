@@ -51,10 +51,31 @@ listed namespace. Each rule says which code sends the verbs. */}}
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
   verbs: [get, list, watch, create, patch, delete]
-# Read only: server pods (probe targets) and download pods (their reports).
+# Read only: server pods (probe targets) and download pods (their reports). get: a VLLMGateway's
+# router Role grants get/list/watch on pods, and RBAC lets the operator grant only what it holds
+# itself (it has no escalate or bind).
 - apiGroups: [""]
   resources: [pods]
+  verbs: [get, list, watch]
+# VLLMGateways (reconcile/gateway.py): kopf lists and watches them; the operator writes status.
+- apiGroups: [scibox.io]
+  resources: [vllmgateways]
   verbs: [list, watch]
+- apiGroups: [scibox.io]
+  resources: [vllmgateways/status]
+  verbs: [patch]
+- apiGroups: [scibox.io]
+  resources: [vllmgateways/finalizers]
+  verbs: [update]
+# A gateway's router account: a ServiceAccount, a Role allowing get/list/watch on pods of its
+# namespace only, and the RoleBinding between them; read by name before a first apply (never
+# taken over), server-side applied. Never deleted by the operator (owner references do that).
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, create, patch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, patch]
 # The model server's API key (for the probe) and the hub token, read by name from the
 # Secrets a VLLMDeployment references; never listed or watched.
 - apiGroups: [""]
