@@ -21,13 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.operator import CRD, OperatorProcess
+from tests.fixtures.operator import CRD, GATEWAY_CRD, OperatorProcess
 from tests.waiting import wait_for as poll
 from tools.localcluster import Cluster
 from tools.localcluster.nodes import REAL_RUNNER_TOLERATION, real_runner_node
 from tools.localcluster.runner import marked_processes
 
 REAL_NODE = "real-node-0"
+REAL_NODE_GPUS = 4
 API = "/apis/scibox.io/v1alpha1"
 
 
@@ -109,12 +110,13 @@ def vllmd_body(name: str, model: str, hub_endpoint: str | None, *, api_key_secre
 def e2e_cluster():
     name = os.environ.get("SCIBOX_E2E_CLUSTER") or f"e2e-{os.getpid()}"
     cluster = Cluster(name=name)
-    cluster.start(nodes=[real_runner_node(REAL_NODE, gpus=2)])
+    # 4 fake GPUs: the gateway test runs three one-GPU servers (two models, one with 2 replicas).
+    cluster.start(nodes=[real_runner_node(REAL_NODE, gpus=REAL_NODE_GPUS)])
     try:
-        cluster.start_runner(REAL_NODE)
-        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        cluster.start_runner(REAL_NODE, gpus=REAL_NODE_GPUS)
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD), "-f", str(GATEWAY_CRD))
         cluster.kubectl("wait", "--for=condition=Established", "crd/vllmdeployments.scibox.io",
-                        "--timeout=60s")
+                        "crd/vllmgateways.scibox.io", "--timeout=60s")
         yield E2E(cluster, REAL_NODE)
     finally:
         if cluster.started:
