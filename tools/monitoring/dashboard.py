@@ -124,6 +124,29 @@ def vllm_panels() -> list[Panel]:
     ]
 
 
+def gateway_panels() -> list[Panel]:
+    """vllm-router's own series (a VLLMGateway's ServiceMonitor: `service` is the gateway). It has
+    no model label: a worker is a server pod's URL, so a model's requests are its pods' workers."""
+    gw = 'namespace=~"$namespace"'
+    by_gw = "namespace, service"
+    legend = "{{namespace}}/{{service}}"
+    return [
+        Panel("Gateway requests per worker", "Requests the router forwarded per second, per worker (a server "
+              "pod: a model's requests are those of its pods).",
+              [Target(f"sum by ({by_gw}, worker) (rate(vllm_router_processed_requests_total{{{gw}}}[{RATE}]))",
+                      f"{legend} {{{{worker}}}}")], unit="reqps"),
+        Panel("Gateway requests by route", "Requests the router received per second, by API route.",
+              [Target(f"sum by ({by_gw}, route) (rate(vllm_router_requests_total{{{gw}}}[{RATE}]))",
+                      f"{legend} {{{{route}}}}")], unit="reqps"),
+        Panel("Gateway routing latency", "p50/p95/p99 of the router's request handling (routing and "
+              "forwarding, the worker's answer included).",
+              _quantile_targets("vllm_router_generate_duration_seconds", gw, by_gw, legend), unit="s"),
+        Panel("Gateway worker health", "Workers the router considers healthy (1) or not (0), and how many it has.",
+              [Target(f"min by ({by_gw}, worker) (vllm_router_worker_health{{{gw}}})", f"{legend} {{{{worker}}}}"),
+               Target(f"max by ({by_gw}) (vllm_router_active_workers{{{gw}}})", f"active workers {legend}")]),
+    ]
+
+
 def operator_panels() -> list[Panel]:
     vd_legend = "{{vllmdeployment_namespace}}/{{vllmdeployment}}"
     by_vd = "vllmdeployment_namespace, vllmdeployment"
@@ -213,7 +236,8 @@ def key_panel_titles() -> list[str]:
 def build_dashboard() -> dict[str, Any]:
     panels: list[dict[str, Any]] = []
     next_id, y = 1, 0
-    for title, group in (("vLLM servers (per VLLMDeployment)", vllm_panels()), ("Operator", operator_panels())):
+    for title, group in (("vLLM servers (per VLLMDeployment)", vllm_panels()), ("Operator", operator_panels()),
+                         ("Gateways (vllm-router, per VLLMGateway)", gateway_panels())):
         panels.append(_row(title, y, next_id))
         next_id, y, x = next_id + 1, y + 1, 0
         for panel in group:
