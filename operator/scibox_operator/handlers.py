@@ -222,11 +222,12 @@ async def optional_crd_event(event: dict[str, Any], body: kopf.Body, memo: kopf.
 
 
 @kopf.on.event(GROUP, VERSION, GATEWAY_PLURAL)
-async def vllmgateway_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def vllmgateway_event(**kwargs: Any) -> None:
     """No kopf timer (it would put a finalizer on every gateway): the reconciler's own loop
     passes each known gateway again every GATEWAY_PASS_SECONDS."""
-    gateways: GatewayReconciler = memo.gateways
-    if event["type"] == "DELETED":  # its children go with it (owner references)
-        gateways.forget(body.metadata.namespace, body.metadata.name)
+    gateways: GatewayReconciler = kwargs["memo"].gateways
+    body: kopf.Body = kwargs["body"]
+    if kwargs["event"]["type"] == "DELETED":  # its children go with it (owner references)
+        gateways.forget(body.metadata.namespace or "", body.metadata.name or "")
         return
     await gateways.observe(dict(body))

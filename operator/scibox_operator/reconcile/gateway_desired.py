@@ -118,6 +118,8 @@ def gateway_status(observed: GatewayObserved, current: Mapping[str, Any] | None,
         "endpoint": endpoint_url(gw),
         "policy": gw.spec.policy,
         "routerReadyReplicas": int((router.get("status") or {}).get("readyReplicas") or 0),
+        # one string for `kubectl get` (a printer column shows only the first item of a list)
+        "servedModels": ",".join(m.model for m in observed.models),
         "models": [{"name": m.model, "deployment": m.deployment, "replicas": m.replicas,
                     "readyWorkers": m.ready_workers} for m in observed.models],
         "conditions": [make_condition("Ready", status, reason, message, now=now, previous=previous,

@@ -184,6 +184,7 @@ def test_status_says_why(models, key, live, reason, status):
     assert (ready["reason"], ready["status"]) == (reason, status), ready
     assert st["endpoint"] == "http://gw.ns.svc:8000/v1"
     assert [m["name"] for m in st["models"]] == [m.model for m in models]
+    assert st["servedModels"] == ",".join(m.model for m in models)
     if reason == "Serving":  # a model scaled to zero stays listed, with no ready worker
         assert st["models"][1] == {"name": "b-served", "deployment": "b", "replicas": 0, "readyWorkers": 0}
         assert "no ready worker yet for b-served" in ready["message"]
