@@ -114,6 +114,7 @@ def test_the_workflow_pushes_both_images_from_their_dockerfiles_on_version_tags(
     assert {image: dockerfile for image, (_, dockerfile) in pushed.items()} == {
         release.OPERATOR_IMAGE: "images/operator/Dockerfile",
         release.VLLM_IMAGE: "images/vllm/Dockerfile",
+        release.ROUTER_IMAGE: "images/router/Dockerfile",
     }
     names_step = workflow["jobs"]["names"]["steps"][-1]
     assert '--tag "$GITHUB_REF_NAME"' in names_step["run"], "the tag is checked against VERSION"
