@@ -154,7 +154,7 @@ def consistency_problems(root: Path) -> list[str]:
     _expect(problems, "manifests/install/operator.yaml image",
             _search(r'^\s+image:\s*"?([^"\s]+)', read("manifests/install/operator.yaml")), OPERATOR_IMAGE)
     _mentions(problems, "images/README.md", read("images/README.md"),
-              OPERATOR_IMAGE, VLLM_IMAGE, OPERATOR_BASE_IMAGE, VLLM_BASE_IMAGE)
+              OPERATOR_IMAGE, VLLM_IMAGE, OPERATOR_BASE_IMAGE, VLLM_BASE_IMAGE, ROUTER_IMAGE)
     _mentions(problems, "README.md", read("README.md"), VLLM_IMAGE, OPERATOR_IMAGE)
     _mentions(problems, f"charts/{CHART_NAME}/README.md", read(f"charts/{CHART_NAME}/README.md"),
               OPERATOR_REPOSITORY, CHART_REPOSITORY)

@@ -180,7 +180,12 @@ def test_cluster_role_is_least_privilege():
     assert rules[("", "secrets")] == {"get"}, "Secrets are read by name, never listed or watched"
     assert rules[("scibox.io", "vllmdeployments")] == {"list", "watch"}, "the spec belongs to the user"
     assert rules[("scibox.io", "vllmdeployments/status")] == {"patch"}
-    assert rules[("", "pods")] == {"list", "watch"} and rules[("", "nodes")] == {"list", "watch"}
+    # get on pods: only because a VLLMGateway's router Role grants it (RBAC: grant only what you hold)
+    assert rules[("", "pods")] == {"get", "list", "watch"} and rules[("", "nodes")] == {"list", "watch"}
+    assert rules[("scibox.io", "vllmgateways")] == {"list", "watch"}
+    assert rules[("scibox.io", "vllmgateways/status")] == {"patch"}
+    assert rules[("", "serviceaccounts")] == rules[("rbac.authorization.k8s.io", "roles")] == \
+        rules[("rbac.authorization.k8s.io", "rolebindings")] == {"get", "create", "patch"}
     assert rules[("", "events")] == {"create"}
     # get: a child's name is looked up before it is created (someone else's object is never taken)
     assert rules[("", "services")] == rules[("", "persistentvolumeclaims")] == {"get", "list", "watch", "create",
@@ -192,6 +197,21 @@ def test_cluster_role_is_least_privilege():
     binding = find(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"][0]["name"] == find(docs, "ServiceAccount")["metadata"]["name"]
+
+
+def test_the_operator_holds_everything_a_gateways_router_role_grants():
+    """Without escalate/bind, the API server lets the operator create a Role (and bind it) only
+    with rules it holds itself, in that namespace: every verb of the router's Role must be in
+    the operator's own rules, in the cluster-wide and in the namespaced install."""
+    from scibox_operator.render.gateway import ROUTER_RULES
+
+    for docs, kind in ((template(), "ClusterRole"), (template({"watchNamespaces": ["team-a"]}), "Role")):
+        rules = rules_by_resource(next(d for d in docs if d["kind"] == kind
+                                       and any("pods" in r["resources"] for r in d["rules"])))
+        for rule in ROUTER_RULES:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    assert set(rule["verbs"]) <= rules.get((group, resource), set()), (kind, group, resource)
 
 
 def test_multi_node_reads_and_the_probes_owner_chain_are_granted():

