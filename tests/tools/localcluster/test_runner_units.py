@@ -333,3 +333,32 @@ def test_kill_leftovers_removes_only_this_state_dirs_memory_volumes_and_tmp_link
     runner.kill_leftovers(state)
     assert not (shm / "scibox-runner-a").exists() and not (links / "a-0").is_symlink()
     assert (shm / "scibox-runner-b" / "dshm").is_dir() and (links / "b-0").is_symlink()
+
+
+def test_the_rendered_router_runs_the_bootstrapped_vllm_router_on_the_pod_ip(monkeypatch, tmp_path):
+    """A VLLMGateway's router pod: the router image's `vllm-router` is the binary of the router
+    virtualenv; its API and metrics bind to the pod IP only; the workers' key comes in through the
+    environment and the kubelet's $(VAR) expansion."""
+    from scibox_operator.api.gateway import parse_gateway
+    from scibox_operator.render.gateway import render_router_deployment
+
+    binary = tmp_path / "vllm-router"
+    binary.write_text("#!/bin/sh\n")
+    monkeypatch.setenv(runner.ROUTER_BIN_ENV, str(binary))
+    gw = parse_gateway({"metadata": {"name": "gw", "namespace": "ns", "uid": "u"},
+                        "spec": {"auth": {"apiKeySecretRef": {"name": "key"}}}})
+    template = render_router_deployment(gw, "router:1")["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    argv, env, _ = host_command(
+        container, pod(**template["spec"]), pod_ip="127.200.0.9", host_ip="127.0.1.200",
+        mounts=[("/dev/termination-log", "/state/term")], python=PY, scratch="/state/pods/p/root",
+        termination_file="/state/term", secret=lambda n: {"api-key": "k1"} if n == "key" else None,
+        config_map=no_secret)
+    assert argv[0] == str(binary)
+    assert argv[argv.index("--host") + 1] == "127.200.0.9"
+    assert argv[argv.index("--prometheus-host") + 1] == "127.200.0.9"
+    assert argv[argv.index("--api-key") + 1] == "k1" and env["VLLM_ROUTER_API_KEY"] == "k1"
+    assert argv[argv.index("--service-discovery-namespace") + 1] == "ns"
+    monkeypatch.setenv(runner.ROUTER_BIN_ENV, str(tmp_path / "absent"))
+    with pytest.raises(StartError, match="bootstrap"):
+        resolve_executable("vllm-router", PY)
