@@ -158,6 +158,24 @@ def test_one_endpoint_routes_two_models_and_drops_a_deleted_replica(e2e_cluster,
     print("unknown model:", code, text[:200])
     assert code == 404 and "nope" in text
 
+    # beta scaled to zero (what the autoscaling issue does): the gateway still lists it, with no
+    # ready worker; vllm-router 0.1.17 forgets a model with its last worker, so its requests go to
+    # another model's worker, whose vLLM answers 404 at once (no 503 + Retry-After to wait on)
+    e2e.rest.request("PATCH", f"{API}/namespaces/{ns}/vllmdeployments/beta", {"spec": {"replicas": 0}},
+                     content_type="application/merge-patch+json")
+
+    def beta_at_zero():
+        models = {m["name"]: m for m in (gateway(e2e, ns, "gw").get("status") or {}).get("models") or []}
+        code, text = http(f"{base}/v1/models", timeout=10)
+        return (models.get("beta", {}).get("readyWorkers") == 0 and models["beta"]["replicas"] == 0
+                and code == 200 and json.loads(text)["models"] == ["alpha"])
+
+    e2e.wait_for("beta at zero: listed by the gateway, forgotten by the router", beta_at_zero, timeout=120, ns=ns)
+    assert ready_of(e2e, ns, "gw")["status"] == "True"
+    code, text = http(f"{base}/v1/completions", {"model": "beta", "prompt": "hello", "max_tokens": 1}, timeout=30)
+    print("model at zero replicas:", code, text[:200])
+    assert code == 404 and "beta" in text
+
     # one alpha replica deleted under load
     victim, victim_ip = sorted(alpha.items())[0]
     results: list[tuple[float, float, int]] = []  # (sent, answered, status)

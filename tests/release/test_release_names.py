@@ -151,7 +151,7 @@ def test_readme_entry_points_are_the_dockerfiles():
         cells = [c.strip().strip("`") for c in line.strip("|").split("|")]
         if len(cells) == 4 and cells[1].endswith("/Dockerfile"):
             rows[cells[1]] = cells[3]
-    assert set(rows) == {"images/vllm/Dockerfile", "images/operator/Dockerfile"}
+    assert set(rows) == {"images/vllm/Dockerfile", "images/operator/Dockerfile", "images/router/Dockerfile"}
     for path, documented in rows.items():
         entrypoint = next(c for c in dockerfile.parse_file(str(ROOT / path)) if c.cmd == "ENTRYPOINT")
         assert documented == " ".join(entrypoint.value), path
