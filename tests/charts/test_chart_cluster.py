@@ -210,6 +210,35 @@ def test_operator_with_only_the_chart_identity_fully_reconciles_a_sample(chart_c
     assert not re.search(r"\b403\b|[Ff]orbidden", log), chart_operator.log_tail()
 
 
+def test_a_gateways_router_account_is_made_under_the_chart_identity(chart_cluster, release, chart_operator,
+                                                                     reconciled):
+    """A VLLMGateway's Role grants pods list/watch: the API server lets the chart identity
+    create it and bind it only because that identity holds those verbs itself (no escalate, no
+    bind). Not one request of the identity is refused meanwhile."""
+    ns = reconciled["namespace"]
+    since = chart_cluster.audit_offset()
+    gw = {"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMGateway", "metadata": {"name": "gw", "namespace": ns},
+          "spec": {"policy": "power_of_two"}}
+    chart_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(gw))
+
+    def made():
+        kids = {kind: get(chart_cluster, kind, "gw-router", ns) for kind in
+                ("serviceaccount", "role", "rolebinding", "deployment")}
+        body = get(chart_cluster, "vllmgw", "gw", ns)
+        return (kids, body) if all(kids.values()) and condition(body, "Ready") else None
+
+    kids, body = wait_for(made, timeout=60, what="the gateway's children and status under the chart identity")
+    assert kids["role"]["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
+    assert kids["rolebinding"]["subjects"] == [{"kind": "ServiceAccount", "name": "gw-router", "namespace": ns}]
+    assert get(chart_cluster, "service", "gw", ns) is not None
+    assert get(chart_cluster, "servicemonitors.monitoring.coreos.com", "gw", ns) is not None
+    assert [m["deployment"] for m in body["status"]["models"]] == [reconciled["name"]]
+    user = f"system:serviceaccount:{release['namespace']}:{release['service_account']}"
+    audited = chart_cluster.audit_events(user, since=since)
+    refused = [(e["verb"], e["requestURI"]) for e in audited if e.get("responseStatus", {}).get("code") == 403]
+    assert refused == [], f"requests refused: {refused}"
+
+
 @pytest.fixture(scope="module")
 def chart_lws(chart_cluster):
     """The LeaderWorkerSet controller on the chart cluster, until the module's end: removing its

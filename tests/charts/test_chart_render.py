@@ -180,8 +180,7 @@ def test_cluster_role_is_least_privilege():
     assert rules[("", "secrets")] == {"get"}, "Secrets are read by name, never listed or watched"
     assert rules[("scibox.io", "vllmdeployments")] == {"list", "watch"}, "the spec belongs to the user"
     assert rules[("scibox.io", "vllmdeployments/status")] == {"patch"}
-    # get on pods: only because a VLLMGateway's router Role grants it (RBAC: grant only what you hold)
-    assert rules[("", "pods")] == {"get", "list", "watch"} and rules[("", "nodes")] == {"list", "watch"}
+    assert rules[("", "pods")] == {"list", "watch"} and rules[("", "nodes")] == {"list", "watch"}
     assert rules[("scibox.io", "vllmgateways")] == {"list", "watch"}
     assert rules[("scibox.io", "vllmgateways/status")] == {"patch"}
     assert rules[("", "serviceaccounts")] == rules[("rbac.authorization.k8s.io", "roles")] == \

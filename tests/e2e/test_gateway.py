@@ -229,7 +229,7 @@ def test_selector_matching_nothing_is_reported(e2e_cluster, e2e_operator, e2e_na
         base = prefix or "/api/v1"
         assert e2e.rest.get_or_none(f"{base}/namespaces/{ns}/{plural}/lonely-router") is not None
     role = e2e.rest.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles/lonely-router")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
 
 
 def test_unknown_policy_is_refused_by_the_crd(e2e_cluster, e2e_namespace):

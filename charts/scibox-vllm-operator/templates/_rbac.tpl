@@ -51,12 +51,12 @@ listed namespace. Each rule says which code sends the verbs. */}}
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
   verbs: [get, list, watch, create, patch, delete]
-# Read only: server pods (probe targets) and download pods (their reports). get: a VLLMGateway's
-# router Role grants get/list/watch on pods, and RBAC lets the operator grant only what it holds
-# itself (it has no escalate or bind).
+# Read only: server pods (probe targets) and download pods (their reports). A VLLMGateway's
+# router Role grants list/watch on pods too, which RBAC allows only because the operator holds
+# them itself (it has no escalate or bind).
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 # VLLMGateways (reconcile/gateway.py): kopf lists and watches them; the operator writes status.
 - apiGroups: [scibox.io]
   resources: [vllmgateways]
@@ -67,7 +67,7 @@ listed namespace. Each rule says which code sends the verbs. */}}
 - apiGroups: [scibox.io]
   resources: [vllmgateways/finalizers]
   verbs: [update]
-# A gateway's router account: a ServiceAccount, a Role allowing get/list/watch on pods of its
+# A gateway's router account: a ServiceAccount, a Role allowing list/watch on pods of its
 # namespace only, and the RoleBinding between them; read by name before a first apply (never
 # taken over), server-side applied. Never deleted by the operator (owner references do that).
 - apiGroups: [""]

@@ -2,7 +2,7 @@
 of the VLLMDeployments it fronts, and what it needs to discover them.
 
 - ServiceAccount + Role + RoleBinding: the router lists and watches pods of its own namespace,
-  nothing else (`get`/`list`/`watch` on `pods`; no Secrets, no writes, no other namespace);
+  nothing else (`list`/`watch` on `pods`; no Secrets, no writes, no other namespace);
 - Deployment: `vllm-router --enable-igw --service-discovery --selector ...` (multi-model mode:
   each discovered worker is registered under the model id it serves, so a request's `model`
   picks the worker set); probes on the router's /liveness and /health; a locked-down pod;
@@ -39,8 +39,9 @@ ROUTER_COMMAND = "vllm-router"
 API_KEY_ENV = "VLLM_ROUTER_API_KEY"
 # Server pods only: the router must never register a download Job's pod as a worker.
 WORKER_POD_LABELS = {MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: SERVER}
-# The Role's only rule: what `--service-discovery` needs (a pod watch in one namespace).
-ROUTER_RULES = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+# The Role's only rule: what `--service-discovery` needs (a pod list + watch in one namespace;
+# measured: the router discovers with no `get`). RBAC lets the operator grant only what it holds.
+ROUTER_RULES = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
 
 
 def router_name(gw: VLLMGateway) -> str:

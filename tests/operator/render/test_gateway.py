@@ -97,7 +97,7 @@ def test_children_render_byte_identical_and_only_pods_are_readable():
     kids = by_kind(gateway_desired(observed(parse_gateway(gw_body(**spec)))).children)
     assert set(kids) == {"ServiceAccount", "Role", "RoleBinding", "Deployment", "Service", "ServiceMonitor"}
     assert kids["Role"]["rules"] == ROUTER_RULES == [{"apiGroups": [""], "resources": ["pods"],
-                                                       "verbs": ["get", "list", "watch"]}]
+                                                       "verbs": ["list", "watch"]}]
     assert kids["Role"]["metadata"]["namespace"] == "ns" and kids["RoleBinding"]["subjects"] == [
         {"kind": "ServiceAccount", "name": "gw-router", "namespace": "ns"}]
     for child in kids.values():
