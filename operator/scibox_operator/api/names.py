@@ -40,3 +40,7 @@ SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 LEADER_WORKER_SET_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
 WATCHED_CRDS = (SERVICE_MONITOR_CRD, LEADER_WORKER_SET_CRD)
 LEADER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+
+# LoRA adapters: an adapter's download Job carries the adapter's name (spec.adapters[].name).
+ADAPTER_LABEL = "scibox.io/lora-adapter"
+ADAPTER_SOURCE_ANNOTATION = "scibox.io/adapter-source"
