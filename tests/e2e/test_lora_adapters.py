@@ -106,7 +106,7 @@ def test_adapters_load_unload_without_restart_and_broken_ones_are_reported(
     deployment = e2e.rest.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert {"--enable-lora", "--max-loras=4", "--max-lora-rank=8"} <= set(container["args"]), container["args"]
-    assert "alpha" not in json.dumps(deployment["spec"]["template"]) and GOOD not in json.dumps(deployment["spec"])
+    assert '"alpha"' not in json.dumps(deployment["spec"]["template"]) and GOOD not in json.dumps(deployment["spec"])
     jobs = {j["metadata"]["name"]: j for j in e2e.rest.get(f"/apis/batch/v1/namespaces/{ns}/jobs")["items"]}
     alpha_job = loaded["downloadJob"]
     assert alpha_job in jobs, sorted(jobs)

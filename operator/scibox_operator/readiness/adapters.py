@@ -42,6 +42,8 @@ def loaded_adapters(models_body: str, base_name: str) -> dict[str, str]:
         data = json.loads(models_body).get("data") or []
     except (ValueError, AttributeError):
         return {}
+    if not isinstance(data, list):
+        return {}
     return {str(m.get("id")): str(m.get("root") or "") for m in data
             if isinstance(m, dict) and m.get("id") != base_name and m.get("parent")}
 
