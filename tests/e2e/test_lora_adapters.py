@@ -10,7 +10,9 @@ loads and unloads them through vLLM's runtime endpoints. Nothing is mocked.
 2. add a second -> loaded on the running pod, no restart (same pod uid, same container start);
 3. remove the first -> unloaded from the server, a request for it gets a 404;
 4. broken adapters (files missing, rank over the limit, another base's shapes) -> each reported
-   Failed with its reason, the base and the good adapter keep serving.
+   Failed with its reason, the base and the good adapter keep serving;
+5. the server process dies and is restarted -> Ready again only with its adapter loaded again
+   (the one extra vLLM start of the module).
 
 Timings are printed, not asserted.
 """
@@ -18,10 +20,13 @@ Timings are printed, not asserted.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
 
+import psutil
 import pytest
 
 from tests.e2e.conftest import API, vllmd_body
@@ -114,13 +119,14 @@ def test_adapters_load_unload_without_restart_and_broken_ones_are_reported(
 
     uid = pod["metadata"]["uid"]
     started = pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+    restarts = pod["status"]["containerStatuses"][0].get("restartCount", 0)
     generation = deployment["metadata"]["generation"]
 
     def same_pod() -> None:
         now = server_pod()
         assert now is not None and now["metadata"]["uid"] == uid, "the server pod was replaced"
         cs = now["status"]["containerStatuses"][0]
-        assert cs["state"]["running"]["startedAt"] == started and cs.get("restartCount", 0) == 0, cs
+        assert cs["state"]["running"]["startedAt"] == started and cs.get("restartCount", 0) == restarts, cs
         dep = e2e.rest.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
         assert dep["metadata"]["generation"] == generation, "the Deployment's template changed"
 
@@ -164,3 +170,24 @@ def test_adapters_load_unload_without_restart_and_broken_ones_are_reported(
     assert status == 200, completion
     assert served(base_url) >= {name, "beta"} and not served(base_url) & set(why)
     same_pod()
+
+    # 5. The server restarts (its processes killed; the node restarts the container): the pod
+    # counts as serving again only once its adapter is loaded again.
+    set_adapters({"name": "beta", "source": SECOND})
+    e2e.wait_for("only beta in status", lambda: [a["name"] for a in
+                                                 e2e.vllmd(ns, name)["status"].get("adapters", [])] == ["beta"],
+                 timeout=30, ns=ns)
+    server = next(p for p in psutil.process_iter(["cmdline"])
+                  if "vllm.entrypoints.openai.api_server" in " ".join(p.info["cmdline"] or [])
+                  and f"--host={pod['status']['podIP']}" in (p.info["cmdline"] or []))
+    mark = time.monotonic()
+    os.killpg(os.getpgid(server.pid), signal.SIGKILL)
+    e2e.wait_for("Ready=False after the crash", lambda: (e2e.condition(ns, name, "Ready") or {}).get("status")
+                 == "False", timeout=60, ns=ns, every=0.5)
+    e2e.wait_for("Ready=True again", lambda: (e2e.condition(ns, name, "Ready") or {}).get("status") == "True",
+                 timeout=600, ns=ns, every=0.5)
+    assert "beta" in served(base_url), "Ready before the adapter was loaded again"
+    print(f"server restart -> Ready with its adapter: {time.monotonic() - mark:.1f}s")
+    again = server_pod()
+    assert again["metadata"]["uid"] == uid and again["status"]["containerStatuses"][0]["restartCount"] > restarts
+    assert adapter_in("beta", "Loaded")

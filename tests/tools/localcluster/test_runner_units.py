@@ -333,3 +333,16 @@ def test_kill_leftovers_removes_only_this_state_dirs_memory_volumes_and_tmp_link
     runner.kill_leftovers(state)
     assert not (shm / "scibox-runner-a").exists() and not (links / "a-0").is_symlink()
     assert (shm / "scibox-runner-b" / "dshm").is_dir() and (links / "b-0").is_symlink()
+
+
+def test_a_pod_ip_another_runner_on_this_host_listens_on_is_skipped():
+    """Runners of other clusters on the same host allocate from the same range."""
+    import socket
+
+    from tools.localcluster.runner import listening_addresses
+
+    with socket.socket() as taken:
+        taken.bind(("127.200.250.2", 0))  # far from where the runners start
+        taken.listen()
+        assert "127.200.250.2" in listening_addresses()
+        assert allocate_ip(listening_addresses(), "127.200.250.0/29") == "127.200.250.3"
