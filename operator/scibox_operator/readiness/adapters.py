@@ -25,7 +25,14 @@ from scibox_operator.planning.adapters import WantedAdapter, adapter_job_name, l
 from scibox_operator.readiness.ownership import controller_of
 from scibox_operator.readiness.probe import _fetch, _Unreachable
 from scibox_operator.readiness.verdicts import ProbeReason, ProbeResult
-from scibox_operator.reconcile.adapters import FAILED, LOADED, PENDING, PodAdapterState, adapter_download_states
+from scibox_operator.reconcile.adapters import (
+    DOWNLOADING,
+    FAILED,
+    LOADED,
+    PENDING,
+    PodAdapterState,
+    adapter_download_states,
+)
 from scibox_operator.runtime.store import Key, Store
 
 log = logging.getLogger(__name__)
@@ -142,7 +149,11 @@ class AdapterLoader:
                 message = failures.get((uid, w.name), (w.path, "load failed", now))[1]
                 states.append((w.name, pod_name, FAILED, message))
             elif w.name not in downloaded:
-                states.append((w.name, pod_name, PENDING, "waiting for its download"))
+                download = downloads.get(w.name)
+                if download is not None and download.failed:
+                    states.append((w.name, pod_name, FAILED, "its download failed"))
+                else:
+                    states.append((w.name, pod_name, DOWNLOADING, "waiting for its download"))
             else:
                 states.append((w.name, pod_name, PENDING, "to be loaded"))
                 pending.append(w.name)

@@ -25,7 +25,6 @@ LOADING = "Loading"
 DOWNLOADING = "Downloading"
 FAILED = "Failed"
 PENDING = "Pending"  # waiting for the server (or the base model's download)
-UNLOADED = "Unloaded"
 
 
 def adapter_download_states(vd: VLLMDeployment, jobs: Mapping[str, dict[str, Any]],
