@@ -99,6 +99,9 @@ def check_adapter(target: Path, max_rank: int, base_dir: Path | None) -> dict:
     rank = config.get("r")
     if not isinstance(rank, int) or rank < 1:
         raise DownloadError("bad_adapter", f"adapter_config.json has no rank r (got {rank!r})")
+    pattern = config.get("rank_pattern") or {}
+    if isinstance(pattern, dict):  # per-module ranks: vLLM takes the largest
+        rank = max([rank, *(r for r in pattern.values() if isinstance(r, int))])
     if rank > max_rank:
         raise DownloadError("bad_adapter", f"adapter rank {rank} is over the server's limit {max_rank} "
                                            "(engine.maxLoraRank)")

@@ -9,8 +9,9 @@ loads and unloads them through vLLM's runtime endpoints. Nothing is mocked.
    adapter answers;
 2. add a second -> loaded on the running pod, no restart (same pod uid, same container start);
 3. remove the first -> unloaded from the server, a request for it gets a 404;
-4. broken adapters (files missing, rank over the limit, another base's shapes) -> each reported
-   Failed with its reason, the base and the good adapter keep serving;
+4. broken adapters (files missing, rank over the limit, another base's shapes: refused by the
+   download Job; a bias vLLM refuses at load) -> each reported Failed with its reason, the base
+   and the good adapter keep serving;
 5. the server process dies and is restarted -> Ready again only with its adapter loaded again
    (the one extra vLLM start of the module).
 
@@ -39,7 +40,7 @@ NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 GOOD = "scibox/tiny-lora-a"
 SECOND = "scibox/tiny-lora-b"
 BROKEN = {"missing_files": "scibox/lora-missing-files", "rank": "scibox/lora-rank-16",
-          "wrong_base": "scibox/lora-wrong-base"}
+          "wrong_base": "scibox/lora-wrong-base", "bias": "scibox/lora-bias"}
 
 
 def http(url: str, payload: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
@@ -68,7 +69,7 @@ def test_adapters_load_unload_without_restart_and_broken_ones_are_reported(
     e2e, ns, name = e2e_cluster, e2e_namespace, "lora"
     path = f"{API}/namespaces/{ns}/vllmdeployments/{name}"
     body = vllmd_body(name, TINY_REPO, lora_repos.endpoint)
-    body["spec"]["engine"].update(maxLoras=4, maxLoraRank=8)
+    body["spec"]["engine"].update(maxLoras=5, maxLoraRank=8)
     body["spec"]["adapters"] = [{"name": "alpha", "source": GOOD}]
 
     def set_adapters(*adapters: dict) -> None:
@@ -110,7 +111,7 @@ def test_adapters_load_unload_without_restart_and_broken_ones_are_reported(
     # The pod template carries LoRA's switches, never the adapter list.
     deployment = e2e.rest.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert {"--enable-lora", "--max-loras=4", "--max-lora-rank=8"} <= set(container["args"]), container["args"]
+    assert {"--enable-lora", "--max-loras=5", "--max-lora-rank=8"} <= set(container["args"]), container["args"]
     assert '"alpha"' not in json.dumps(deployment["spec"]["template"]) and GOOD not in json.dumps(deployment["spec"])
     jobs = {j["metadata"]["name"]: j for j in e2e.rest.get(f"/apis/batch/v1/namespaces/{ns}/jobs")["items"]}
     alpha_job = loaded["downloadJob"]
@@ -161,8 +162,13 @@ def test_adapters_load_unload_without_restart_and_broken_ones_are_reported(
     for entry, text in why.items():
         failed = e2e.wait_for(f"{entry} Failed", lambda: adapter_in(entry, "Failed"), timeout=120, ns=ns)
         assert failed["reason"] == "DownloadFailed" and text in failed["message"], failed
+    # One the downloader passes and the server itself refuses when the operator loads it.
+    refused = e2e.wait_for("bias Failed", lambda: adapter_in("bias", "Failed"), timeout=120, ns=ns)
+    assert refused["reason"] == "LoadFailed" and "bias is not supported" in refused["message"], refused
+    assert refused["pods"][0]["state"] == "Failed" and refused["pods"][0]["pod"] == pod["metadata"]["name"]
+    why["bias"] = "load"
     cond = e2e.condition(ns, name, "AdaptersReady")
-    assert cond["status"] == "False" and cond["reason"] == "AdapterFailed" and "3/4" in cond["message"], cond
+    assert cond["status"] == "False" and cond["reason"] == "AdapterFailed" and "4/5" in cond["message"], cond
     ready = e2e.condition(ns, name, "Ready")
     assert ready["status"] == "True" and ready["reason"] == "Serving", ready
     assert adapter_in("beta", "Loaded")

@@ -68,3 +68,21 @@ def test_without_the_base_in_the_cache_only_the_rank_is_checked(loras, tmp_path)
     shutil.rmtree(cache, ignore_errors=True)
     summary = summary_of(run(loras.endpoint, cache, **adapter_env(cache, "scibox/dl-lora-wrong-base")))
     assert summary["adapter"] == {"rank": 8, "base_checked": False}
+
+
+def test_what_only_the_server_can_judge_passes_the_downloader(loras, base_in_cache):
+    """A bias term: files, rank and shapes are fine; vLLM refuses it at load (LoadFailed)."""
+    cache = base_in_cache
+    assert summary_of(run(loras.endpoint, cache, **adapter_env(cache, "scibox/dl-lora-bias")))["adapter"]["rank"] == 8
+
+
+def test_a_per_module_rank_over_the_limit_fails_too(loras, tmp_path):
+    from tests.images.test_download_model import downloader
+
+    folder = tmp_path / "pattern"
+    shutil.copytree(make_tiny_lora(tmp_path / "good"), folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(dict(config, rank_pattern={"q_proj": 32})))
+    with pytest.raises(downloader.DownloadError) as refused:
+        downloader.check_adapter(folder, 16, None)
+    assert refused.value.kind == "bad_adapter" and "rank 32" in refused.value.message
