@@ -21,18 +21,17 @@ Timings are printed, not asserted.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.e2e.conftest import API, vllmd_body
 from tests.fixtures.hub import TINY_REPO
 from tests.fixtures.tiny_lora import make_broken_loras, make_tiny_lora
+from tools.localcluster.runner import kill_marked
 
 pytestmark = [pytest.mark.cluster, pytest.mark.vllm, pytest.mark.slow]
 
@@ -183,11 +182,10 @@ def test_adapters_load_unload_without_restart_and_broken_ones_are_reported(
     e2e.wait_for("only beta in status", lambda: [a["name"] for a in
                                                  e2e.vllmd(ns, name)["status"].get("adapters", [])] == ["beta"],
                  timeout=30, ns=ns)
-    server = next(p for p in psutil.process_iter(["cmdline"])
-                  if "vllm.entrypoints.openai.api_server" in " ".join(p.info["cmdline"] or [])
-                  and f"--host={pod['status']['podIP']}" in (p.info["cmdline"] or []))
     mark = time.monotonic()
-    os.killpg(os.getpgid(server.pid), signal.SIGKILL)
+    # Only this pod's processes: found by the marker variables this cluster's runner set.
+    killed = kill_marked(Path(e2e.cluster.state_dir).resolve(), e2e.node, pod_uid=uid)
+    assert killed, "no process of the server pod found"
     e2e.wait_for("Ready=False after the crash", lambda: (e2e.condition(ns, name, "Ready") or {}).get("status")
                  == "False", timeout=60, ns=ns, every=0.5)
     e2e.wait_for("Ready=True again", lambda: (e2e.condition(ns, name, "Ready") or {}).get("status") == "True",
