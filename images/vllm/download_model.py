@@ -15,6 +15,13 @@ Environment: MODEL_ID (required, org/name or a bare legacy name like gpt2), MODE
 TOKENIZER_ID, TOKENIZER_REVISION, CACHE_DIR (default /models), HF_TOKEN (gated/private repos; never printed), HF_ENDPOINT (mirror), DOWNLOAD_MAX_WORKERS
 (default 4), TERMINATION_LOG (default /dev/termination-log, used when it exists and is writable).
 
+LoRA adapters (the operator's adapter Jobs): with ADAPTER_MAX_RANK set, MODEL_ID is a peft adapter
+repo: adapter_config.json and adapter_model.safetensors (or .bin) are required, and after the fetch
+the adapter is checked against the server: its rank `r` must be <= ADAPTER_MAX_RANK, and when
+ADAPTER_BASE_DIR names the base model's folder (same cache), every lora_A/lora_B tensor must wrap a
+weight the base has, with matching shapes (a wrong base architecture fails here, not in the server).
+Any of these fails with kind bad_adapter.
+
 Idempotent and resumable: configs are fetched before weights; files completed by an interrupted
 run are kept and not fetched again (huggingface_hub's local_dir metadata), a connection cut
 mid-file is resumed with an HTTP Range request.  When the completion marker for this repo and
@@ -55,6 +62,79 @@ class DownloadError(Exception):
         assert kind in EXIT, kind
         self.kind, self.message = kind, message
         super().__init__(message)
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def choose_adapter_files(names: list[str]) -> tuple[list[str], list[str]]:
+    """(config files, weight files) of a peft adapter repo; pure."""
+    root = sorted(n for n in names if "/" not in n)
+    missing = [n for n in ("adapter_config.json",) if n not in root]
+    weights = [n for n in ADAPTER_WEIGHTS if n in root][:1]
+    if not weights:
+        missing.append("adapter_model.safetensors")
+    if missing:
+        raise DownloadError("bad_adapter", f"not a LoRA adapter: the repo lacks {', '.join(missing)}; "
+                                           f"files: {', '.join(root[:10]) or 'none'}")
+    return [n for n in root if n.endswith(".json") and not n.startswith(".")], weights
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from a safetensors file's header (the weights are not read)."""
+    with open(path, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        if not 0 < size <= 100 * 1024 * 1024:
+            raise ValueError(f"{path.name} is not a safetensors file")
+        header = json.loads(handle.read(size))
+    return {k: list(v.get("shape") or []) for k, v in header.items() if k != "__metadata__"}
+
+
+def check_adapter(target: Path, max_rank: int, base_dir: Path | None) -> dict:
+    """Will this adapter serve on the base? Raises DownloadError("bad_adapter", why)."""
+    try:
+        config = json.loads((target / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DownloadError("bad_adapter", f"adapter_config.json unreadable: {exc}") from None
+    rank = config.get("r")
+    if not isinstance(rank, int) or rank < 1:
+        raise DownloadError("bad_adapter", f"adapter_config.json has no rank r (got {rank!r})")
+    pattern = config.get("rank_pattern") or {}
+    if isinstance(pattern, dict):  # per-module ranks: vLLM takes the largest
+        rank = max([rank, *(r for r in pattern.values() if isinstance(r, int))])
+    if rank > max_rank:
+        raise DownloadError("bad_adapter", f"adapter rank {rank} is over the server's limit {max_rank} "
+                                           "(engine.maxLoraRank)")
+    checked = {"rank": rank, "base_checked": False}
+    weights = target / "adapter_model.safetensors"
+    base_files = sorted(base_dir.glob("*.safetensors")) if base_dir is not None and base_dir.is_dir() else []
+    if not weights.is_file() or not base_files:
+        return checked  # .bin adapters and bases without safetensors: vLLM checks them when loading
+    try:
+        lora = safetensors_shapes(weights)
+        base: dict[str, list[int]] = {}
+        for f in base_files:
+            base.update(safetensors_shapes(f))
+    except (OSError, ValueError) as exc:
+        raise DownloadError("bad_adapter", f"cannot read the adapter's or the base's tensors: {exc}") from None
+    problems = []
+    for name, shape in sorted(lora.items()):
+        for part, side in ((".lora_A.weight", "A"), (".lora_B.weight", "B")):
+            if not name.endswith(part):
+                continue
+            module = name.removesuffix(part).removeprefix("base_model.model.")
+            wrapped = base.get(module + ".weight")
+            if wrapped is None or len(wrapped) != 2 or len(shape) != 2:
+                problems.append(f"{module}: the base model has no such linear weight")
+            elif (side == "A" and shape[1] != wrapped[1]) or (side == "B" and shape[0] != wrapped[0]):
+                problems.append(f"{module}: lora_{side} {shape} does not fit the base weight {wrapped}")
+    if not any(n.endswith(".lora_A.weight") for n in lora):
+        problems.append("adapter_model.safetensors holds no lora_A tensors")
+    if problems:
+        raise DownloadError("bad_adapter", "the adapter does not fit the base model (wrong base architecture?): "
+                                           + "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)"
+                                                                        if len(problems) > 3 else ""))
+    return {**checked, "base_checked": True}
 
 
 def choose_files(names: list[str], index: dict | None, *, tokenizer_only: bool = False) -> tuple[list[str], list[str]]:
@@ -161,7 +241,7 @@ def report(line: dict, termination_log: str | None) -> None:
 
 
 def download(repo_id: str, revision: str, target: Path, token: str | None, endpoint: str | None,
-             workers: int, *, tokenizer_only: bool = False) -> dict:
+             workers: int, *, tokenizer_only: bool = False, adapter: bool = False) -> dict:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if os.environ.pop("HF_HUB_OFFLINE", None) not in (None, "", "0"):
@@ -176,7 +256,7 @@ def download(repo_id: str, revision: str, target: Path, token: str | None, endpo
     names = [s.rfilename for s in (info.siblings or [])]
     expected = {s.rfilename: s.size for s in (info.siblings or []) if s.size is not None}
     # validates there are weights (or tokenizer files) before fetching anything
-    configs, _ = choose_files(names, None, tokenizer_only=tokenizer_only)
+    configs, _ = choose_adapter_files(names) if adapter else choose_files(names, None, tokenizer_only=tokenizer_only)
 
     # huggingface_hub trusts a local file whose recorded commit matches; one whose size is wrong
     # (truncated, edited) is removed here so it is fetched again.
@@ -199,7 +279,8 @@ def download(repo_id: str, revision: str, target: Path, token: str | None, endpo
         if (target / index_name).is_file():
             index = json.loads((target / index_name).read_text())
             break
-    configs, weights = choose_files(names, index, tokenizer_only=tokenizer_only)
+    configs, weights = (choose_adapter_files(names) if adapter else
+                        choose_files(names, index, tokenizer_only=tokenizer_only))
     fetch(weights)
 
     files = configs + weights
@@ -223,12 +304,13 @@ def download(repo_id: str, revision: str, target: Path, token: str | None, endpo
 
 
 def fetch_repo(repo_id: str, revision: str, target: Path, token: str | None, endpoint: str | None,
-               workers: int, *, tokenizer_only: bool = False) -> dict:
+               workers: int, *, tokenizer_only: bool = False, adapter: bool = False) -> dict:
     """One repo revision into `target`: nothing fetched when its completion marker holds."""
     marker = read_marker(target, repo_id, revision, tokenizer_only=tokenizer_only)
     if marker is not None:
         return {**marker, "downloaded_bytes": 0, "cached": True, "path": str(target), "duration_seconds": 0.0}
-    return {**download(repo_id, revision, target, token, endpoint, workers, tokenizer_only=tokenizer_only),
+    return {**download(repo_id, revision, target, token, endpoint, workers, tokenizer_only=tokenizer_only,
+                       adapter=adapter),
             "cached": False, "path": str(target)}
 
 
@@ -256,7 +338,16 @@ def main() -> int:
         if workers < 1:
             raise DownloadError("bad_config", "DOWNLOAD_MAX_WORKERS must be >= 1")
 
-        summary = fetch_repo(repo_id, revision, target, token, endpoint, workers)
+        max_rank_env = (os.environ.get("ADAPTER_MAX_RANK") or "").strip()
+        adapter = bool(max_rank_env)
+        try:
+            max_rank = int(max_rank_env) if adapter else 0
+        except ValueError:
+            raise DownloadError("bad_config", f"ADAPTER_MAX_RANK must be an integer, got {max_rank_env!r}") from None
+        summary = fetch_repo(repo_id, revision, target, token, endpoint, workers, adapter=adapter)
+        if adapter:  # checked on every run, cached or not: the limit or the base may have changed
+            base_dir = (os.environ.get("ADAPTER_BASE_DIR") or "").strip()
+            summary["adapter"] = check_adapter(target, max_rank, Path(base_dir) if base_dir else None)
         if tokenizer_target is not None:
             tok = fetch_repo(tokenizer_id, tokenizer_revision, tokenizer_target, token, endpoint, workers,
                              tokenizer_only=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -722,8 +723,11 @@ class Cluster:
         pid = self.pid(process)
         if pid is None:
             taints = (node_shapes.REAL_RUNNER_TAINT,) if taints is None else taints
+            # A /24 of 127.200.0.0/16 of its own per cluster and node: runners of other clusters on
+            # this host (other sessions) allocate pod IPs independently.
+            octet = 1 + int(hashlib.sha256(f"{self.name}/{node}".encode()).hexdigest(), 16) % 254
             argv = [sys.executable, "-m", "tools.localcluster.runner", f"--state-dir={self.state_dir}",
-                    f"--node={node}", f"--gpus={gpus}"]
+                    f"--node={node}", f"--gpus={gpus}", f"--pod-cidr=127.200.{octet}.0/24"]
             argv += [f"--taint={t['key']}" + (f"={t['value']}" if t.get("value") else "")
                      + f":{t['effect']}" for t in taints]
             pid = self._spawn(process, argv)

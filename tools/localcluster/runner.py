@@ -166,6 +166,16 @@ def allocate_ip(in_use: set[str], cidr: str = POD_CIDR) -> str:
     raise RuntimeError(f"no free pod IP left in {cidr}")
 
 
+def listening_addresses() -> set[str]:
+    """IPv4 addresses some process of this host listens on (psutil; empty when unreadable)."""
+    try:
+        import psutil
+
+        return {c.laddr.ip for c in psutil.net_connections("inet4") if c.status == psutil.CONN_LISTEN and c.laddr}
+    except (ImportError, OSError, RuntimeError):
+        return set()
+
+
 def map_path(value: str, mounts: list[tuple[str, str]]) -> str | None:
     """The host path for a container path, by the longest mount path that contains it; None
     when no mount contains it. `mounts` holds (container path, host path) pairs."""
@@ -1339,7 +1349,9 @@ class Runner:
     def claim_ip(self, uid: str) -> str:
         with self.lock:
             if uid not in self.ips:
-                self.ips[uid] = allocate_ip(set(self.ips.values()), self.pod_cidr)
+                # Other clusters' runners on this host allocate from the same range: an address
+                # something already listens on is theirs (a vLLM server would fail to bind it).
+                self.ips[uid] = allocate_ip(set(self.ips.values()) | listening_addresses(), self.pod_cidr)
             return self.ips[uid]
 
     def worker_done(self, worker: PodWorker) -> None:

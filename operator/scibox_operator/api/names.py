@@ -50,3 +50,7 @@ OWNER_GATEWAY_LABEL = "scibox.io/vllmgateway"
 ROUTER_POLICIES = ("cache_aware", "power_of_two", "consistent_hash", "round_robin", "random")
 # Label keys the operator sets itself: server pods never take them from a VLLMDeployment's labels.
 OPERATOR_LABEL_PREFIXES = ("app.kubernetes.io/", "scibox.io/")
+
+# LoRA adapters: an adapter's download Job carries the adapter's name (spec.adapters[].name).
+ADAPTER_LABEL = "scibox.io/lora-adapter"
+ADAPTER_SOURCE_ANNOTATION = "scibox.io/adapter-source"

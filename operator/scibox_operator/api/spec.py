@@ -173,6 +173,11 @@ class Engine(_Model):
     enable_chunked_prefill: bool | None = None
     extra_args: tuple[str, ...] = ()
     env: tuple[EnvVar, ...] = ()
+    # LoRA (spec.adapters): how many adapters the server holds at once, and the largest rank it
+    # accepts. Both are rendered into the pod template, the adapter list is not: adding or
+    # removing an adapter restarts nothing (see scibox_operator.engine.adapters).
+    max_loras: int | None = Field(default=None, ge=1, le=64)
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = 16
 
     @field_validator("extra_args")
     @classmethod
@@ -238,6 +243,34 @@ class Rollout(_Model):
     startup_timeout_seconds: int = Field(default=1800, ge=60, le=86400)
 
 
+# The adapters a server holds when engine.maxLoras is not set.
+DEFAULT_MAX_LORAS = 4
+
+
+class Adapter(_Model):
+    """A LoRA adapter served on the base model: clients send `name` as the request's model."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    source: str = Field(min_length=1, max_length=253)
+    revision: str = Field(default="main", max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v.startswith("pvc://"):
+            claim, _, path = v.removeprefix("pvc://").partition("/")
+            if not _DNS_LABEL.fullmatch(claim) or not path.strip("/") or ".." in path.split("/"):
+                raise ValueError(f"a pvc:// adapter source needs pvc://CLAIM/PATH (a DNS label claim, a path "
+                                 f"without '..'), got {v!r}")
+        else:
+            model_cache_path("/models", v, None)  # a hub repo id, fetched into the model cache
+        return v
+
+    @property
+    def is_pvc(self) -> bool:
+        return self.source.startswith("pvc://")
+
+
 class VLLMDeploymentSpec(_Model):
     @field_validator("node_selector")
     @classmethod
@@ -263,6 +296,36 @@ class VLLMDeploymentSpec(_Model):
     monitoring: Monitoring = Monitoring()
     network_policy: NetworkPolicySpec = NetworkPolicySpec()
     rollout: Rollout = Rollout()
+    adapters: tuple[Adapter, ...] = ()
+
+    @model_validator(mode="after")
+    def _adapters(self) -> VLLMDeploymentSpec:
+        if not self.adapters:
+            return self
+        names = [a.name for a in self.adapters]
+        errors = []
+        if len(set(names)) != len(names):
+            errors.append(f"adapter names must be unique: {sorted({n for n in names if names.count(n) > 1})}")
+        if self.model.served_name in names:
+            errors.append(f"adapter name {self.model.served_name!r} is the base model's served name")
+        cap = self.engine.max_loras or DEFAULT_MAX_LORAS
+        if len(names) > cap:
+            errors.append(f"{len(names)} adapters but the server holds at most {cap} "
+                          f"(engine.maxLoras{'' if self.engine.max_loras else ', default'}): raise engine.maxLoras")
+        if self.model.task != "generate":
+            errors.append("adapters need model.task generate")
+        for adapter in self.adapters:
+            # The server mounts one volume; an adapter on another would change the pod template.
+            if adapter.is_pvc and (not self.model.is_pvc or
+                                   adapter.source.removeprefix("pvc://").partition("/")[0]
+                                   != self.model.pvc_claim_and_path[0]):
+                errors.append(f"adapter {adapter.name}: a pvc:// adapter must be on the pvc:// model's own claim")
+            if not adapter.is_pvc and self.model.is_pvc:
+                errors.append(f"adapter {adapter.name}: a hub adapter is downloaded into the model cache, "
+                              "which a pvc:// model does not have (give it as pvc:// on the model's claim)")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
 
 
 @dataclass(frozen=True)

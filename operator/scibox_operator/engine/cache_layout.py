@@ -35,6 +35,9 @@ DOWNLOAD_EXIT_CODES: dict[str, int] = {
     "unreachable": 6,
     "failed": 7,
     "no_weights": 8,
+    # a LoRA adapter that cannot serve on its base: files missing, rank over the limit, shapes
+    # or modules the base model does not have
+    "bad_adapter": 9,
 }
 
 

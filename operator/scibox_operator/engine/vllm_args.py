@@ -73,6 +73,9 @@ class EngineSettings:
     runner: str | None = None  # "generate" / "pooling" (vLLM's --runner); None: vLLM's own choice
     disable_log_stats: bool = False
     extra_args: tuple[str, ...] = ()
+    # LoRA: --enable-lora with these when max_loras is set (adapters are loaded at runtime).
+    max_loras: int | None = None
+    max_lora_rank: int | None = None
 
 
 class SettingsError(ValueError):
@@ -108,6 +111,8 @@ _FLAG_OF_FIELD: dict[str, str] = {
     "revision": "--revision",
     "runner": "--runner",
     "disable_log_stats": "--disable-log-stats",
+    "max_loras": "--max-loras",
+    "max_lora_rank": "--max-lora-rank",
 }
 
 # Other long names vLLM 0.32 registers for the same destinations.
@@ -126,6 +131,8 @@ OWNED_FLAGS: frozenset[str] = frozenset(_FLAG_OF_FIELD.values()) | frozenset(_LO
 _CODE = "loads Python code by name; as dangerous as --trust-remote-code"
 _LISTENER = "the service owns the HTTP listener (Service, probes and TLS at the ingress depend on it)"
 FORBIDDEN_FLAGS: dict[str, str] = {
+    "--enable-lora": "LoRA is set by spec.adapters and engine.maxLoras",
+    "--lora-modules": "adapters come from spec.adapters (loaded at runtime, no restart)",
     "--api-key": "the API key comes from the VLLM_API_KEY environment variable (a Secret), never argv",
     "--hf-token": "the Hugging Face token comes from the HF_TOKEN environment variable (a Secret), never argv",
     "--config": "a vLLM config file could set any owned flag behind this check",
@@ -278,6 +285,7 @@ SERVICE_ENV: dict[str, str] = {
     "VLLM_NO_USAGE_STATS": "usage statistics stay off: the service sends nothing outside the cluster",
     "VLLM_DO_NOT_TRACK": "usage statistics stay off: the service sends nothing outside the cluster",
     "DO_NOT_TRACK": "usage statistics stay off: the service sends nothing outside the cluster",
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "runtime adapter loading is set by spec.adapters and engine.maxLoras",
 }
 
 
@@ -365,6 +373,8 @@ def validate_settings(s: EngineSettings) -> list[str]:
         ("tokenizer", s.tokenizer, check.text),
         ("revision", s.revision, check.word),
         ("runner", s.runner, check.runner),
+        ("max_loras", s.max_loras, check.integer(1)),
+        ("max_lora_rank", s.max_lora_rank, check.integer(1)),
     ]
     errors = []
     for name, value, parse in checks + [c for c in optional if c[1] is not None]:
@@ -427,5 +437,9 @@ def render_vllm_args(s: EngineSettings) -> list[str]:
         args.append(f"{PLANNED_FLAGS['kv_cache_dtype']}={s.kv_cache_dtype}")
     if s.disable_log_stats:
         args.append("--disable-log-stats")
+    if s.max_loras is not None:
+        args += ["--enable-lora", f"--max-loras={int(s.max_loras)}"]
+        if s.max_lora_rank is not None:
+            args.append(f"--max-lora-rank={int(s.max_lora_rank)}")
     args += list(s.extra_args)
     return args

@@ -17,6 +17,7 @@ import aiohttp
 
 from scibox_operator import metrics
 from scibox_operator.api.spec import InvalidSpec, parse
+from scibox_operator.readiness.adapters import AdapterLoader
 from scibox_operator.readiness.ownership import pod_is_ours
 from scibox_operator.readiness.probe import probe_endpoint
 from scibox_operator.readiness.verdicts import ProbeReason, ProbeResult, summarize_readiness
@@ -50,6 +51,7 @@ class Prober:
         self._refused: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.adapters = AdapterLoader(controller.store)  # LoRA adapters, loaded on our serving pods
         controller.probing = self.mode != "off"
 
     def start(self) -> None:
@@ -126,12 +128,16 @@ class Prober:
                     self._session, f"http://{ip}:{CONTAINER_PORT}", vd.spec.model.served_name,
                     api_key=api_key, completion=uid not in self._completion_checked,
                     timeout=self.timeout, starting=not _ever_ready(pod), task=vd.spec.model.task)
+                result = await self.adapters.on_probe(self._session, vd, pod, f"http://{ip}:{CONTAINER_PORT}",
+                                                      result, api_key=api_key, timeout=self.timeout)
             metrics.PROBES.labels(reason=result.reason.value).inc()
             metrics.PROBE_SECONDS.observe(result.latency_s)
             if result.reason is ProbeReason.SERVING:
                 self._completion_checked.add(uid)
             results.append(result)
         summary = summarize_readiness(results, vd.spec.replicas)
+        if self.adapters.publish(key, {p["metadata"]["uid"] for p in pods}):
+            self.controller.enqueue([key])
         if store.readiness.get(key) != summary:
             store.readiness[key] = summary
             self.controller.enqueue([key])

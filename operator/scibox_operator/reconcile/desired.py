@@ -14,6 +14,7 @@ from typing import Any
 from scibox_operator.api.quantity import parse_quantity
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.planning.serving_plan import DEFAULT_VLLM_IMAGE, ServingPlan
+from scibox_operator.reconcile.adapters import adapter_download_states, desired_adapter_jobs
 from scibox_operator.reconcile.diff import needs_apply, stamped
 from scibox_operator.reconcile.status import CacheState, Failure
 
@@ -57,6 +58,9 @@ class Observed:
     hub_endpoint: str | None = None
     # digest of the API key Secret's value (render/deployment.py), None without a key
     api_key_digest: str | None = None
+    # LoRA: this VLLMDeployment's live adapter download Jobs and their reports, by Job name
+    adapter_jobs: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    adapter_reports: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
     def live(self, kind: str, name: str) -> dict[str, Any] | None:
         return self.children.get((kind, name))
@@ -130,6 +134,11 @@ def desired(vd: VLLMDeployment, plan: ServingPlan, observed: Observed) -> Desire
                                 else render_deployment(vd, plan, api_key_digest=digest)))
         if observed.live(*other) is not None:
             removals.append(other)
+    adapter_jobs, adapter_removals = desired_adapter_jobs(
+        vd, plan, base_cached=observed.cache.complete, jobs=observed.adapter_jobs, hub_endpoint=observed.hub_endpoint,
+        states=adapter_download_states(vd, observed.adapter_jobs, observed.adapter_reports))
+    children.extend(adapter_jobs)
+    removals.extend(("Job", name) for name in adapter_removals)
     want("Service", vd.name, render_service(vd, multi_node=plan.multi_node))
     want("NetworkPolicy", vd.name, render_network_policy(vd, multi_node=plan.multi_node))
     want("ServiceMonitor", vd.name, render_service_monitor(vd)

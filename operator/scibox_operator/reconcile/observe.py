@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from scibox_operator.api.names import RWX_ANNOTATION
+from typing import Any
+
+from scibox_operator.api.names import ADAPTER_LABEL, RWX_ANNOTATION
 from scibox_operator.api.spec import VLLMDeployment
+from scibox_operator.planning.adapters import adapter_job_name
 from scibox_operator.planning.serving_plan import ServingPlan, cache_claim_name
 from scibox_operator.reconcile.desired import Observed, child_keys
+from scibox_operator.reconcile.diff import owned_by
 from scibox_operator.reconcile.status import CacheState
 from scibox_operator.render.cache import download_job_name
 from scibox_operator.runtime.store import Store
@@ -28,11 +32,25 @@ def observe(store: Store, vd: VLLMDeployment, plan: ServingPlan, *, default_imag
     gather = (not cache.complete and not vd.spec.model.is_pvc) or vd.spec.cache.deletion_policy == "Delete"
     users = tuple(cache_users(store, vd, plan)) if gather else (vd,)
     expandable = {name: bool(sc.get("allowVolumeExpansion")) for name, sc in store.storage_classes.items()}
+    # The adapters' Jobs: the spec's, and those status still lists (an adapter just removed).
+    listed = ((store.vllmds.get((ns, vd.name)) or {}).get("status") or {}).get("adapters") or []
+    names = {adapter_job_name(vd, a) for a in vd.spec.adapters if not a.is_pvc} | {
+        str(e["downloadJob"]) for e in listed if isinstance(e, dict) and e.get("downloadJob")}
+    adapter_jobs = {name: job for name in sorted(names) if (job := store.child("Job", ns, name)) is not None
+                    and ADAPTER_LABEL in ((job.get("metadata") or {}).get("labels") or {})
+                    and owned_by("Job", job, vd.uid) and _controller_uid(job) == vd.uid}
+    adapter_reports = {name: report for name in adapter_jobs if (report := store.downloads.get((ns, name)))}
     return Observed(children=children, users=users, cache=cache,
+                    adapter_jobs=adapter_jobs, adapter_reports=adapter_reports,
                     service_monitor_crd=store.service_monitor_crd,
                     leader_worker_set_crd=store.leader_worker_set_crd,
                     expandable_storage=expandable, default_image=default_image,
                     hub_endpoint=hub_endpoint, api_key_digest=api_key_digest)
+
+
+def _controller_uid(body: dict[str, Any]) -> str | None:
+    refs = (body.get("metadata") or {}).get("ownerReferences") or []
+    return next((r.get("uid") for r in refs if r.get("controller")), None)
 
 
 def cache_shared(store: Store, vd: VLLMDeployment) -> bool:

@@ -24,6 +24,7 @@ from scibox_operator import metrics
 from scibox_operator.api.spec import InvalidSpec, VLLMDeployment, parse, short_hash
 from scibox_operator.config import Settings
 from scibox_operator.planning.serving_plan import PlanFailure, ServingPlan, decide_serving_plan, plan_no_longer_fits
+from scibox_operator.reconcile.adapters import adapter_download_states, adapter_status
 from scibox_operator.reconcile.apply import Applier, conflict_failure
 from scibox_operator.reconcile.desired import desired
 from scibox_operator.reconcile.last_plan import last_known_plan, plan_inputs
@@ -202,11 +203,17 @@ class Controller:
             return self._backoff(key)
 
         readiness = self.store.readiness.get(key) if self.probing else None
+        adapters, adapter_cond = adapter_status(
+            vd, adapter_download_states(vd, observed.adapter_jobs, observed.adapter_reports),
+            self.store.adapters.get(key, ()))
+        adapter_notes = (adapter_cond,) if adapter_cond is not None else ()
         status = compute_status(vd, cache=observed.cache, deployment=applied.workload, readiness=readiness,
                                 endpoint=endpoint_url(vd), probing=self.probing,
                                 workload_current=want.workload_current,
-                                notes=tuple((n.type, n.status, n.reason, n.message) for n in want.notes),
-                                **status_args)
+                                notes=tuple((n.type, n.status, n.reason, n.message) for n in want.notes)
+                                + adapter_notes, **status_args)
+        if adapters:
+            status["adapters"] = adapters
         await self._write_status(body, status)
         return None
 

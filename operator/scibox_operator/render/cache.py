@@ -24,7 +24,8 @@ DOWNLOAD_SCRIPT = "/opt/scibox/download_model.sh"
 # Exit codes of download_model.sh that no retry can fix: the Job fails at once instead of
 # burning its back-off budget (a mirror that is down, by contrast, is retried with back-off).
 PERMANENT_EXIT_CODES = tuple(DOWNLOAD_EXIT_CODES[k] for k in
-                             ("bad_config", "not_found", "unauthorized", "disk_full", "no_weights"))
+                             ("bad_config", "not_found", "unauthorized", "disk_full", "no_weights",
+                                                    "bad_adapter"))
 DOWNLOAD_BACKOFF_LIMIT = 4
 
 

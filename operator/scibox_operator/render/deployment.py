@@ -7,6 +7,7 @@ from typing import Any
 from scibox_operator.api.names import API_KEY_DIGEST_ANNOTATION, OPERATOR_LABEL_PREFIXES
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.engine.vllm_args import EngineSettings, render_vllm_args
+from scibox_operator.planning.adapters import RUNTIME_LORA_ENV, lora_enabled, max_loras
 from scibox_operator.planning.serving_plan import GIB, MODELS_MOUNT, ServingPlan, model_dir, tokenizer_dir
 
 from .common import GPU_MEMORY_LABEL as GPU_MEMORY_LABEL  # re-exported: tests and docs read them here
@@ -70,6 +71,8 @@ def engine_settings(vd: VLLMDeployment, plan: ServingPlan) -> EngineSettings:
         tokenizer=tokenizer_dir(vd),
         runner=RUNNER_OF_TASK[spec.model.task],
         extra_args=tuple(engine.extra_args),
+        max_loras=max_loras(vd),
+        max_lora_rank=engine.max_lora_rank if lora_enabled(vd) else None,
     )
 
 
@@ -88,6 +91,8 @@ def server_env(vd: VLLMDeployment) -> list[dict[str, Any]]:
         # Through the environment only: arguments show up in `ps`, logs and the pod spec.
         env.append({"name": "VLLM_API_KEY",
                     "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    if lora_enabled(vd):  # the operator loads spec.adapters through vLLM's runtime endpoints
+        env.append({"name": RUNTIME_LORA_ENV, "value": "True"})
     env.extend({"name": e.name, "value": e.value} for e in vd.spec.engine.env)
     return env
 
@@ -168,6 +173,8 @@ def render_deployment(vd: VLLMDeployment, plan: ServingPlan, *, api_key_digest: 
             {"name": "tmp", "mountPath": WRITABLE_HOME},
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        # With LoRA, adapter paths sent to /v1/load_lora_adapter are relative to the cache mount.
+        **({"workingDir": MODELS_MOUNT} if lora_enabled(vd) else {}),
     }
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,

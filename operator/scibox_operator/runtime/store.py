@@ -75,6 +75,8 @@ class Store:
     # object must not scan every pod of the cluster (that was quadratic at 1000 objects)
     pods_by_owner: dict[Key, set[str]] = field(default_factory=dict)
     readiness: dict[Key, ReadinessSummary] = field(default_factory=dict)
+    # LoRA: (adapter, pod, state, message) per server pod, from the prober's adapter loader
+    adapters: dict[Key, tuple[tuple[str, str, str, str], ...]] = field(default_factory=dict)
     # (namespace, job name) -> the download script's JSON report of its latest finished pod
     downloads: dict[Key, dict[str, Any]] = field(default_factory=dict)
     established_crds: set[str] = field(default_factory=set)
@@ -104,6 +106,7 @@ class Store:
         self.vllmds.pop(key, None)
         self.parsed_vllmds.pop(key, None)
         self.readiness.pop(key, None)
+        self.adapters.pop(key, None)
 
     @property
     def service_monitor_crd(self) -> bool:

@@ -362,3 +362,16 @@ def test_the_rendered_router_runs_the_bootstrapped_vllm_router_on_the_pod_ip(mon
     monkeypatch.setenv(runner.ROUTER_BIN_ENV, str(tmp_path / "absent"))
     with pytest.raises(StartError, match="bootstrap"):
         resolve_executable("vllm-router", PY)
+
+
+def test_a_pod_ip_another_runner_on_this_host_listens_on_is_skipped():
+    """Runners of other clusters on the same host allocate from the same range."""
+    import socket
+
+    from tools.localcluster.runner import listening_addresses
+
+    with socket.socket() as taken:
+        taken.bind(("127.200.250.2", 0))  # far from where the runners start
+        taken.listen()
+        assert "127.200.250.2" in listening_addresses()
+        assert allocate_ip(listening_addresses(), "127.200.250.0/29") == "127.200.250.3"
