@@ -40,3 +40,8 @@ SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 LEADER_WORKER_SET_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
 WATCHED_CRDS = (SERVICE_MONITOR_CRD, LEADER_WORKER_SET_CRD)
 LEADER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+
+# vLLM's compile and kernel caches (VLLM_CACHE_ROOT) live on the model's cache claim, one folder
+# per compile key (render/compile_cache.py), mounted writable at this path in the server pods.
+COMPILE_CACHE_SUBDIR = ".scibox-compile"
+COMPILE_CACHE_MOUNT = "/var/cache/scibox-vllm"
