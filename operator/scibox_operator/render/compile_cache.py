@@ -23,6 +23,11 @@ NEUTRAL_FLAGS = frozenset({"--served-model-name", "--host", "--port", "--disable
                            "--load-format", "--disable-log-requests", "--enable-log-requests",
                            "--uvicorn-log-level"})
 
+# Environment variables that can change what vLLM, torch or triton compile (backends, fusion,
+# kernels, thread counts baked into CPU kernels); other variables are not in the key.
+GRAPH_ENV_PREFIXES = ("VLLM_", "TORCH", "PYTORCH", "TRITON", "INDUCTOR", "CUDA", "NVIDIA", "ROCM", "HIP",
+                      "OMP_", "MKL", "KMP_")
+
 _VLLM_VERSION = re.compile(r"(?:vllm-?|^v)(\d+\.\d+\.\d+(?:\.post\d+)?)")
 
 
@@ -57,12 +62,13 @@ def compile_cache_key(*, image: str, model: str, revision: str | None, gpu_produ
 
     The digest covers the image (the vLLM build: its version, torch and triton), the model and
     revision (the weights' shapes), the GPU product (kernels are tuned per device) and every
-    argument and environment variable that can change the compiled graph (parallel sizes, dtype,
+    argument and environment variable (GRAPH_ENV_PREFIXES) that can change the compiled graph (parallel sizes, dtype,
     quantization, KV cache dtype, max lengths and batch sizes, compilation config, ...).
     """
     material = json.dumps({"image": image, "model": model, "revision": revision or "main",
                            "gpu": gpu_product or "", "args": _graph_args(args),
-                           "env": sorted(env.items())}, sort_keys=True)
+                           "env": sorted((k, v) for k, v in env.items() if k.startswith(GRAPH_ENV_PREFIXES))},
+                          sort_keys=True)
     digest = hashlib.sha256(material.encode()).hexdigest()[:16]
     version = vllm_version_of_image(image)
     return f"vllm{version}-{digest}" if version else f"image-{digest}"

@@ -9,7 +9,6 @@ from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.engine.vllm_args import EngineSettings, render_vllm_args
 from scibox_operator.planning.serving_plan import GIB, MODELS_MOUNT, ServingPlan, model_dir, tokenizer_dir
 
-from .compile_cache import compile_cache_key, compile_cache_subpath
 from .common import GPU_MEMORY_LABEL as GPU_MEMORY_LABEL  # re-exported: tests and docs read them here
 from .common import GPU_PRODUCT_LABEL as GPU_PRODUCT_LABEL
 from .common import (
@@ -21,6 +20,7 @@ from .common import (
     selector_labels,
     server_placement,
 )
+from .compile_cache import compile_cache_key, compile_cache_subpath
 
 CONTAINER_PORT = 8000
 PROBE_PERIOD_SECONDS = 10
@@ -167,7 +167,8 @@ def render_deployment(vd: VLLMDeployment, plan: ServingPlan, *, api_key_digest: 
         "imagePullPolicy": "IfNotPresent",
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
         "args": args,
-        "env": env + compile_env,
+        # the service's env first, the user's last (a removed user entry leaves a prefix)
+        "env": env[:len(env) - len(spec.engine.env)] + compile_env + env[len(env) - len(spec.engine.env):],
         "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
         "resources": _resources(vd, plan),
         "startupProbe": _probe("/health", PROBE_PERIOD_SECONDS, startup_failures),
