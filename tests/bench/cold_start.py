@@ -139,9 +139,10 @@ def vd_status(rest, ns: str) -> dict:
 def ready_for(rest, ns: str, generation: int):
     def probe():
         st = vd_status(rest, ns)
-        ready = next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
-        return st if (st.get("observedGeneration") == generation and ready.get("status") == "True"
-                      and st.get("phase") == "Ready") else None
+        conditions = {c["type"]: c["status"] for c in st.get("conditions") or []}
+        # UpToDate too: during a rollout the old pod still answers
+        return st if (st.get("observedGeneration") == generation and conditions.get("Ready") == "True"
+                      and conditions.get("UpToDate") == "True" and st.get("phase") == "Ready") else None
     return probe
 
 

@@ -95,3 +95,37 @@ def test_when_the_reported_pod_goes_the_next_pods_stages_replace_its_own():
                        ready=True)
     assert b["pod"] == "m-2" and b["engineLoadSeconds"] == 28.25 and b["podCreationSeconds"] == 39.75
     assert "firstCompletionSeconds" not in b
+
+
+def test_the_old_pods_answers_during_a_rollout_do_not_make_it_ready():
+    started = startup_status(2, None, now=T0, inputs=StartupInputs(), ready=False)
+    old = pod(name="old", uid="u0", created=T0 - timedelta(hours=1))
+    # first passes: the old pod still serves (Ready), the workload is not rolled out
+    during = startup_status(2, started, now=T0 + timedelta(seconds=1), inputs=StartupInputs(pods=(old,)),
+                            ready=True, rolled_out=False)
+    assert "readySeconds" not in during
+    new = pod()
+    loading = startup_status(2, during, now=T0 + timedelta(seconds=20), ready=True, rolled_out=False,
+                             inputs=StartupInputs(pods=(old, new), marks={"u0": {"health": 1.0, "serving": 2.0}}))
+    assert "readySeconds" not in loading
+    served = startup_status(2, loading, now=T0 + timedelta(seconds=41), ready=True, rolled_out=False,
+                            inputs=StartupInputs(pods=(old, new), marks={"u1": {"health": T0.timestamp() + 40,
+                                                                               "serving": T0.timestamp() + 40.5}}))
+    assert served["readySeconds"] == 41.0 and served["pod"] == "m-1"
+    # an edit that makes no new pod: over once the workload says every replica is current
+    nothing = startup_status(3, None, now=T0, inputs=StartupInputs(pods=(old,)), ready=True, rolled_out=True)
+    assert nothing["readySeconds"] == 0.0
+
+
+def test_the_status_patch_removes_the_last_rollouts_stages():
+    from scibox_operator.reconcile.reconciler import status_patch
+
+    old = {"phase": "Ready", "plan": {"a": 1}, "startup": {"generation": 1, "pod": "p", "engineLoadSeconds": 40.0,
+                                                           "readySeconds": 50.0}}
+    new = {"phase": "Deploying", "plan": {"a": 1}, "startup": {"generation": 2, "startedAt": "x"}}
+    patch = status_patch(old, new)
+    assert patch["startup"] == {"generation": 2, "startedAt": "x", "pod": None, "engineLoadSeconds": None,
+                                "readySeconds": None}
+    assert patch["phase"] == "Deploying" and patch["plan"] == {"a": 1}
+    assert status_patch({"startup": {"a": 1}, "gone": 1}, {"phase": "P"}) == {"phase": "P", "gone": None,
+                                                                              "startup": None}

@@ -213,7 +213,8 @@ class Controller:
                                 **status_args)
         status["startup"] = startup_status(vd.generation, current_status.get("startup"), now=now,
                                            inputs=self._startup_inputs(key, vd, plan, planning_seconds),
-                                           ready=status.get("phase") == "Ready")
+                                           ready=_condition(status, "Ready") and status.get("phase") == "Ready",
+                                           rolled_out=_condition(status, "UpToDate"))
         await self._write_status(body, status)
         observe_startup(new_stage_values(current_status.get("startup"), status["startup"]), status["startup"])
         return None
@@ -281,9 +282,7 @@ class Controller:
             status = {**status, "startup": current["startup"]}
         if not status_differs(current, status):
             return
-        patch = dict(status)
-        for stale in set(current) - set(status):
-            patch[stale] = None  # merge-patch null removes what no longer applies
+        patch = status_patch(current, status)
         if current.get("phase") != status.get("phase"):
             metrics.PHASE_TRANSITIONS.labels(phase=str(status.get("phase"))).inc()
             # An event is a courtesy to the user: posted in the background, never on the
@@ -308,6 +307,23 @@ class Controller:
 
 
 
+
+
+def status_patch(current: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that turns `current` into `status`: null removes what no longer applies,
+    at the top level and inside status.startup (a merge patch merges nested objects, and a new
+    rollout's block must not keep the last one's stages)."""
+    patch = dict(status)
+    for stale in set(current) - set(status):
+        patch[stale] = None
+    old_startup, new_startup = current.get("startup"), status.get("startup")
+    if isinstance(old_startup, dict) and isinstance(new_startup, dict):
+        patch["startup"] = {**dict.fromkeys(sorted(set(old_startup) - set(new_startup))), **new_startup}
+    return patch
+
+
+def _condition(status: dict[str, Any], type_: str) -> bool:
+    return any(c.get("type") == type_ and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
 def observe_startup(stages: dict[str, float], startup: dict[str, Any]) -> None:

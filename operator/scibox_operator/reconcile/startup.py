@@ -112,8 +112,13 @@ def _download(report: Mapping[str, Any] | None, job: Mapping[str, Any] | None,
 
 
 def startup_status(generation: int, previous: Mapping[str, Any] | None, *, now: datetime,
-                   inputs: StartupInputs, ready: bool) -> dict[str, Any]:
-    """The `status.startup` block for this pass; `previous` is the one in status now."""
+                   inputs: StartupInputs, ready: bool, rolled_out: bool = True) -> dict[str, Any]:
+    """The `status.startup` block for this pass; `previous` is the one in status now.
+
+    `ready`: the model is Ready (phase Ready); `rolled_out`: UpToDate (every replica runs the
+    current template, ready by the kubelet's probes). The rollout is over when both hold, or
+    sooner, when Ready holds and the rollout's first new pod answered its first completion: the
+    old pods' answers during a rollout never count, the kubelet's probe period does not either."""
     prev = dict(previous or {})
     if prev.get("generation") != generation or _ts(prev.get("startedAt")) is None:
         prev = {}
@@ -136,7 +141,8 @@ def startup_status(generation: int, previous: Mapping[str, Any] | None, *, now: 
         if prev.get("pod") not in (None, stages["pod"]):  # that pod went: the next one's stages
             prev = {k: v for k, v in prev.items() if k not in _POD_KEYS}
         out.update(stages)
-    if ready and "readySeconds" not in prev:
+    new_pod_served = pod is not None and "serving" in inputs.marks.get(pod["metadata"].get("uid") or "", {})
+    if ready and (rolled_out or new_pod_served) and "readySeconds" not in prev:
         out["readySeconds"] = _secs(now, started)
     # What was measured once stays (the prober's readings do not survive an operator restart).
     for key, value in prev.items():
