@@ -35,6 +35,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -252,7 +253,8 @@ def main() -> None:
     try:
         result["download"] = compare_downloads(mirror.endpoint, work / "downloads")
         cluster.start(nodes=[real_runner_node(NODE, gpus=2)])
-        cluster.start_runner(NODE)
+        # pod IPs of its own: another cluster's runner on this machine hands out 127.200.0.x too
+        cluster.start_runner(NODE, pod_cidr=f"127.200.{1 + zlib.crc32(name.encode()) % 250}.0/24")
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
         cluster.kubectl("wait", "--for=condition=Established", "crd/vllmdeployments.scibox.io", "--timeout=60s")
         operator = OperatorProcess(Path(cluster.kubeconfig), work / "operator", hub_endpoint=mirror.endpoint,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,8 @@ def e2e_cluster():
     cluster = Cluster(name=name)
     cluster.start(nodes=[real_runner_node(REAL_NODE, gpus=2)])
     try:
-        cluster.start_runner(REAL_NODE)
+        # pod IPs of its own /24: runners of other clusters on this machine start at 127.200.0.2 too
+        cluster.start_runner(REAL_NODE, pod_cidr=f"127.200.{1 + zlib.crc32(name.encode()) % 250}.0/24")
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
         cluster.kubectl("wait", "--for=condition=Established", "crd/vllmdeployments.scibox.io",
                         "--timeout=60s")

@@ -157,6 +157,11 @@ def test_apply_download_serve_probe_metrics_delete(e2e_cluster, e2e_operator, e2
     compile_dirs = list((volume / ".scibox-compile").iterdir())
     assert len(compile_dirs) == 1 and compile_dirs[0].name.startswith("vllm0.32.0-"), compile_dirs
     assert any(p.is_file() for p in compile_dirs[0].rglob("*")), "vLLM wrote nothing under VLLM_CACHE_ROOT"
+    # and the operator's histogram saw each stage of it once
+    counts = {line.split('stage="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+              for line in e2e_operator.metrics().splitlines()
+              if line.startswith("scibox_operator_startup_stage_seconds_count{")}
+    assert counts.get("ready", 0) >= 1 and counts.get("engineLoad", 0) >= 1, counts
     # The pod's own readiness (the runner runs its startup/readiness probes every 10 s) follows;
     # the operator's probe, every 2 s here, usually sees the server first.
     pod_path = f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}"

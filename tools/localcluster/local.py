@@ -714,7 +714,7 @@ class Cluster:
                       for p in pids.glob(f"{RUNNER_PREFIX}*.pid")) if pids.is_dir() else []
 
     def start_runner(self, node: str, gpus: int = 2, taints: tuple[dict, ...] | None = None,
-                     timeout: float = 60.0) -> int:
+                     timeout: float = 60.0, pod_cidr: str | None = None) -> int:
         """Start the real runner of `node` (no-op if it runs) and wait until the node is Ready.
         A node missing from the cluster is registered by the runner, with `gpus` fake GPUs and
         `taints` (default: the real-runner taint). Returns the runner's PID."""
@@ -724,6 +724,8 @@ class Cluster:
             taints = (node_shapes.REAL_RUNNER_TAINT,) if taints is None else taints
             argv = [sys.executable, "-m", "tools.localcluster.runner", f"--state-dir={self.state_dir}",
                     f"--node={node}", f"--gpus={gpus}"]
+            if pod_cidr:  # runners of concurrent clusters otherwise hand out the same pod IPs
+                argv.append(f"--pod-cidr={pod_cidr}")
             argv += [f"--taint={t['key']}" + (f"={t['value']}" if t.get("value") else "")
                      + f":{t['effect']}" for t in taints]
             pid = self._spawn(process, argv)
