@@ -300,7 +300,10 @@ def download(repo_id: str, revision: str, target: Path, token: str | None, endpo
         "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_atomically(target / MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
-    return {**marker, "downloaded_bytes": downloaded}
+    seconds = time.monotonic() - started
+    # throughput of this run (status.startup.downloadBytesPerSecond is computed the same way)
+    return {**marker, "downloaded_bytes": downloaded, "workers": workers,
+            "bytes_per_second": int(downloaded / seconds) if seconds > 0 else 0}
 
 
 def fetch_repo(repo_id: str, revision: str, target: Path, token: str | None, endpoint: str | None,

@@ -172,6 +172,7 @@ async def server_pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Me
         controller.store.drop_pod(body.metadata.namespace, body.metadata.name)
     else:
         controller.sync.observe_pod(body)
+        memo.prober.pod_event(body)  # event-driven readiness: probe a pod as soon as it runs
 
 
 @kopf.on.event("", "v1", "pods", labels={**OURS, "app.kubernetes.io/component": DOWNLOAD})

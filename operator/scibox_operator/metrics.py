@@ -57,6 +57,16 @@ DOWNLOAD_SECONDS = Histogram(
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 3600, 7200),
 )
 DOWNLOAD_BYTES = Counter("scibox_operator_model_download_bytes_total", "Bytes of completed model downloads")
+# Each rollout's start-up stages (status.startup, reconcile/startup.py STAGES), observed once.
+STARTUP_STAGE_SECONDS = Histogram(
+    "scibox_operator_startup_stage_seconds", "Seconds a rollout spent in each start-up stage "
+    "(planning, download, podCreation, scheduling, containerStart, engineLoad, firstCompletion, ready = in total)",
+    ["stage"], buckets=(0.05, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200, 3600),
+)
+DOWNLOAD_BYTES_PER_SECOND = Histogram(
+    "scibox_operator_model_download_bytes_per_second", "Throughput of model downloads that ran for a rollout",
+    buckets=(1e5, 1e6, 1e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2.5e9, 1e10),
+)
 DOWNLOAD_FAILURES = Counter("scibox_operator_model_download_failures_total", "Failed model download Jobs")
 
 # Every phase status.compute_status writes, plus Unknown for objects without a status yet.

@@ -142,6 +142,26 @@ def test_apply_download_serve_probe_metrics_delete(e2e_cluster, e2e_operator, e2
     assert cached["status"] == "True" and cached["reason"] == "Downloaded"
     print(f"\napply -> Ready: {marks['ready']:.1f}s (job complete {marks['job_complete']:.1f}s, "
           f"server pod running {marks['server_pod_running']:.1f}s)")
+    # status.startup: every stage of this rollout, consistent with each other (issue 21)
+    startup = e2e.wait_for("status.startup with its stages", lambda: (
+        lambda s: s if "readySeconds" in s and "firstCompletionSeconds" in s else None)(
+        e2e.vllmd(ns, "tiny")["status"].get("startup") or {}), timeout=60, ns=ns)
+    print(f"status.startup: {json.dumps(startup, sort_keys=True)}")
+    assert startup["generation"] == 1 and startup["pod"] == pod["metadata"]["name"], startup
+    assert startup["downloadBytes"] > 0 and startup["downloadBytesPerSecond"] > 0, startup
+    stages = ("planningSeconds", "downloadSeconds", "podCreationSeconds", "schedulingSeconds",
+              "containerStartSeconds", "engineLoadSeconds", "firstCompletionSeconds")
+    assert all(startup[s] >= 0 for s in stages), startup
+    assert startup["readySeconds"] >= startup["podCreationSeconds"] + startup["engineLoadSeconds"] - 2, startup
+    # vLLM wrote its compile cache into the claim's keyed folder (the only writable part of it)
+    compile_dirs = list((volume / ".scibox-compile").iterdir())
+    assert len(compile_dirs) == 1 and compile_dirs[0].name.startswith("vllm0.32.0-"), compile_dirs
+    assert any(p.is_file() for p in compile_dirs[0].rglob("*")), "vLLM wrote nothing under VLLM_CACHE_ROOT"
+    # and the operator's histogram saw each stage of it once
+    counts = {line.split('stage="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+              for line in e2e_operator.metrics().splitlines()
+              if line.startswith("scibox_operator_startup_stage_seconds_count{")}
+    assert counts.get("ready", 0) >= 1 and counts.get("engineLoad", 0) >= 1, counts
     # The pod's own readiness (the runner runs its startup/readiness probes every 10 s) follows;
     # the operator's probe, every 2 s here, usually sees the server first.
     pod_path = f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}"
@@ -222,6 +242,9 @@ def test_apply_download_serve_probe_metrics_delete(e2e_cluster, e2e_operator, e2
         lambda c: c if c and c["status"] == "True" and c["reason"] == "Serving" else None)(
         e2e.condition(ns, "tiny", "Ready")), timeout=600, ns=ns, every=1.0)
     print(f"key rotation -> Serving with the new key: {time.monotonic() - rotated:.1f}s")
+    # the new pod started from the warm compile cache of the first (same key: the digest of the
+    # key is an annotation, not an argument)
+    print(f"status.startup after the rotation: {json.dumps(e2e.vllmd(ns, 'tiny')['status'].get('startup'))}")
     pod_ip = pod["status"]["podIP"]
     base = f"http://{pod_ip}:8000"
     answer = http_json(f"{base}/v1/completions", {"model": "tiny", "prompt": "hello", "max_tokens": 2},

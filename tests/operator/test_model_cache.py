@@ -30,7 +30,11 @@ def test_deployment_is_created_only_after_the_download_completed(cluster, operat
                            else None)(get(cluster, "vllmd", "first", namespace)), timeout=60, what="ModelCached")
     claim = vd["status"]["cacheClaim"]
     mounted = dep["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]
-    assert mounted == {"claimName": claim, "readOnly": True}
+    assert mounted == {"claimName": claim}
+    # the weights are mounted read-only; only vLLM's compile-cache folder of the claim is writable
+    mounts = [m for m in dep["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] if m["name"] == "model-cache"]
+    assert [m.get("readOnly", False) for m in mounts] == [True, False]
+    assert mounts[1]["subPath"].startswith(".scibox-compile/")
     assert get(cluster, "pvc", claim, namespace)["status"]["phase"] == "Bound"
 
 

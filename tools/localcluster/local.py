@@ -715,7 +715,7 @@ class Cluster:
                       for p in pids.glob(f"{RUNNER_PREFIX}*.pid")) if pids.is_dir() else []
 
     def start_runner(self, node: str, gpus: int = 2, taints: tuple[dict, ...] | None = None,
-                     timeout: float = 60.0) -> int:
+                     timeout: float = 60.0, pod_cidr: str | None = None) -> int:
         """Start the real runner of `node` (no-op if it runs) and wait until the node is Ready.
         A node missing from the cluster is registered by the runner, with `gpus` fake GPUs and
         `taints` (default: the real-runner taint). Returns the runner's PID."""
@@ -727,7 +727,7 @@ class Cluster:
             # this host (other sessions) allocate pod IPs independently.
             octet = 1 + int(hashlib.sha256(f"{self.name}/{node}".encode()).hexdigest(), 16) % 254
             argv = [sys.executable, "-m", "tools.localcluster.runner", f"--state-dir={self.state_dir}",
-                    f"--node={node}", f"--gpus={gpus}", f"--pod-cidr=127.200.{octet}.0/24"]
+                    f"--node={node}", f"--gpus={gpus}", f"--pod-cidr={pod_cidr or f'127.200.{octet}.0/24'}"]
             argv += [f"--taint={t['key']}" + (f"={t['value']}" if t.get("value") else "")
                      + f":{t['effect']}" for t in taints]
             pid = self._spawn(process, argv)

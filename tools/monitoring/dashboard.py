@@ -188,6 +188,13 @@ def operator_panels() -> list[Panel]:
         Panel("Model download throughput", "Bytes fetched by completed downloads, per second.",
               [Target(f"sum(rate(scibox_operator_model_download_bytes_total[{RATE}]))", "bytes/s")],
               unit="Bps"),
+        Panel("Start-up stages (apply -> Ready)", "p50 and p95 over 6 hours of each stage of a rollout's start "
+              "(status.startup): planning, download, podCreation, scheduling, containerStart, engineLoad "
+              "(container -> /health; warm from the compile cache), firstCompletion, ready (apply -> Ready in total).",
+              [Target(f"histogram_quantile({q}, sum by (stage, le) "
+                      "(increase(scibox_operator_startup_stage_seconds_bucket[6h])))",
+                      f"p{round(q * 100)} {{{{stage}}}}") for q in (0.5, 0.95)],
+              unit="s", key=True),
         Panel("Download pod failures", "Failed pod attempts of download Jobs that still exist (the Job "
               "retries up to its backoff limit).",
               [Target("max by (vllmdeployment_namespace, download_job) "

@@ -54,3 +54,8 @@ OPERATOR_LABEL_PREFIXES = ("app.kubernetes.io/", "scibox.io/")
 # LoRA adapters: an adapter's download Job carries the adapter's name (spec.adapters[].name).
 ADAPTER_LABEL = "scibox.io/lora-adapter"
 ADAPTER_SOURCE_ANNOTATION = "scibox.io/adapter-source"
+
+# vLLM's compile and kernel caches (VLLM_CACHE_ROOT) live on the model's cache claim, one folder
+# per compile key (render/compile_cache.py), mounted writable at this path in the server pods.
+COMPILE_CACHE_SUBDIR = ".scibox-compile"
+COMPILE_CACHE_MOUNT = "/var/cache/scibox-vllm"

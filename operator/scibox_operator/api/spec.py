@@ -19,9 +19,11 @@ from scibox_operator.api.names import API_VERSION
 from scibox_operator.engine.cache_layout import model_cache_path
 from scibox_operator.engine.vllm_args import (
     KV_CACHE_DTYPES,
+    LOAD_FORMATS,
     validate_env,
     validate_extra_args,
     validate_planned_extra_args,
+    validate_spec_extra_args,
 )
 
 Auto = Literal["auto"]
@@ -178,11 +180,21 @@ class Engine(_Model):
     # removing an adapter restarts nothing (see scibox_operator.engine.adapters).
     max_loras: int | None = Field(default=None, ge=1, le=64)
     max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = 16
+    # vLLM --load-format (how the weights are read); None renders no flag (vLLM's auto).
+    load_format: str | None = None
+
+    @field_validator("load_format")
+    @classmethod
+    def _known_load_format(cls, v: str | None) -> str | None:
+        if v is not None and v not in LOAD_FORMATS:
+            raise ValueError(f"loadFormat must be one of {', '.join(LOAD_FORMATS)}, got {v!r}")
+        return v
 
     @field_validator("extra_args")
     @classmethod
     def _no_owned_flags(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        errors = validate_extra_args(list(v)) + validate_planned_extra_args(list(v))
+        errors = (validate_extra_args(list(v)) + validate_planned_extra_args(list(v))
+                  + validate_spec_extra_args(list(v)))
         if errors:
             raise ValueError("; ".join(errors))
         return v

@@ -18,6 +18,7 @@ __all__ = [
     "DTYPES",
     "RUNNERS",
     "KV_CACHE_DTYPES",
+    "LOAD_FORMATS",
     "text",
     "word",
     "integer",
@@ -40,6 +41,14 @@ RUNNERS = ("auto", "draft", "generate", "pooling")
 # per value the planner knows (planning/numerics.py): the others are device-specific (fp8_inc
 # on Gaudi), MLA-only (fp8_ds_mla) or sub-byte layouts the planner would size wrongly.
 KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "fp8", "fp8_e4m3", "fp8_e5m2")
+# The `--load-format` values of vLLM 0.32 (its model loader registry) that read the operator's
+# cache folder as the download Job leaves it: the default safetensors reader and the faster
+# readers of the same files (fastsafetensors and instanttensor read whole files into GPU memory,
+# the Run:ai streamer streams tensors concurrently). They need their package in the image
+# (`fastsafetensors`, `instanttensor`, `runai-model-streamer`); vLLM fails at start without it.
+# Not offered: formats that need another layout (sharded_state, tensorizer, npcache), a service
+# (ipc_cache, modelexpress), or load no weights (dummy).
+LOAD_FORMATS = ("auto", "safetensors", "fastsafetensors", "instanttensor", "runai_streamer")
 
 
 def text(value: Any, what: str) -> str:

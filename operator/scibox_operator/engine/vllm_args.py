@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import values as check
-from .values import DTYPES, KV_CACHE_DTYPES, RUNNERS
+from .values import DTYPES, KV_CACHE_DTYPES, LOAD_FORMATS, RUNNERS
 
 __all__ = [
     "EngineSettings",
@@ -46,6 +46,9 @@ __all__ = [
     "KV_CACHE_DTYPES",
     "PLANNED_FLAGS",
     "validate_planned_extra_args",
+    "LOAD_FORMATS",
+    "SPEC_FLAGS",
+    "validate_spec_extra_args",
 ]
 
 @dataclass(frozen=True)
@@ -256,6 +259,21 @@ def validate_extra_args(args: Iterable[str]) -> list[str]:
     return errors
 
 
+# Flags the operator's spec sets through a field of its own (not part of the image's settings
+# contract): refused in a spec's extra args so that the field is the one place they are set.
+SPEC_FLAGS: dict[str, str] = {"load_format": "--load-format"}
+_SPEC_LONG = {"--load-format": "is set by the spec's engine.loadFormat"}
+_SPEC_LONG_NAMES = sorted(f[2:] for f in _SPEC_LONG)
+
+
+def validate_spec_extra_args(args: Iterable[str]) -> list[str]:
+    """Problems of extra args that set a flag the spec has its own field for (SPEC_FLAGS)."""
+    if isinstance(args, (str, bytes)):
+        return []
+    return [problem for token in args if isinstance(token, str) and token.startswith("--")
+            and (problem := _refusal_for_long(token, _SPEC_LONG, _SPEC_LONG_NAMES)) is not None]
+
+
 def validate_planned_extra_args(args: Iterable[str]) -> list[str]:
     """Problems of extra args that set a flag the planner reads (PLANNED_FLAGS), [] if none.
     Only long flags: none of them has a short alias in vLLM 0.32."""
@@ -286,6 +304,9 @@ SERVICE_ENV: dict[str, str] = {
     "VLLM_DO_NOT_TRACK": "usage statistics stay off: the service sends nothing outside the cluster",
     "DO_NOT_TRACK": "usage statistics stay off: the service sends nothing outside the cluster",
     "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "runtime adapter loading is set by spec.adapters and engine.maxLoras",
+    # The compile cache folder is keyed by the configuration (render/compile_cache.py): a path
+    # chosen by hand could share a cache between configurations it is not valid for.
+    "VLLM_CACHE_ROOT": "the compile cache location is set by the service (keyed by model, vLLM and flags)",
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from scibox_operator import metrics
+from scibox_operator.api.names import OWNER_NAME_LABEL
 from scibox_operator.api.spec import InvalidSpec, parse
 from scibox_operator.readiness.adapters import AdapterLoader
 from scibox_operator.readiness.ownership import pod_is_ours
@@ -27,6 +28,15 @@ from scibox_operator.render.service import LEADER_INDEX_LABEL
 from scibox_operator.runtime.store import Key
 
 log = logging.getLogger(__name__)
+
+# Event-driven readiness: a server pod's watch event (Running, Ready) starts fast probes of its
+# VLLMDeployment, from FAST_FIRST_DELAY growing by FAST_GROWTH up to FAST_MAX_DELAY seconds,
+# while any of its pods is still loading (and at most FAST_WINDOW seconds), so Ready appears
+# about a second after the server first answers instead of up to a whole round later.
+FAST_FIRST_DELAY = 0.5
+FAST_GROWTH = 1.5
+FAST_MAX_DELAY = 2.0
+FAST_WINDOW = 1800.0
 
 
 def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -52,6 +62,8 @@ class Prober:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.adapters = AdapterLoader(controller.store)  # LoRA adapters, loaded on our serving pods
+        self._sem: asyncio.Semaphore | None = None
+        self._fast: dict[Key, asyncio.Task[None]] = {}
         controller.probing = self.mode != "off"
 
     def start(self) -> None:
@@ -59,21 +71,50 @@ class Prober:
             self._task = asyncio.create_task(self._loop(), name="scibox-prober")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._fast.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
     async def _loop(self) -> None:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.concurrency))
-        sem = asyncio.Semaphore(self.concurrency)
+        sem = self._sem = asyncio.Semaphore(self.concurrency)
         while True:
             await self.controller.active.wait()
             started = time.monotonic()
             keys = sorted(self.controller.store.vllmds)
             await asyncio.gather(*(self._probe_one(key, sem) for key in keys), return_exceptions=True)
             await asyncio.sleep(max(0.0, self.period - (time.monotonic() - started)))
+
+    def pod_event(self, pod: Any) -> None:
+        """A server pod's watch event: once it runs with an address, probe its VLLMDeployment at
+        once and then fast while it loads (`_fast_probes`)."""
+        status = pod.get("status") or {}
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        owner = labels.get(OWNER_NAME_LABEL)
+        if self.mode == "off" or not owner or status.get("phase") != "Running" or not status.get("podIP"):
+            return
+        key = (pod["metadata"]["namespace"], owner)
+        if self._session is None or self._sem is None or key in self._fast or not self.controller.active.is_set():
+            return
+        self._fast[key] = asyncio.create_task(self._fast_probes(key), name=f"scibox-fast-probe-{key[0]}-{key[1]}")
+
+    async def _fast_probes(self, key: Key) -> None:
+        assert self._sem is not None
+        delay, deadline = FAST_FIRST_DELAY, time.monotonic() + FAST_WINDOW
+        try:
+            while self.controller.active.is_set() and key in self.controller.store.vllmds:
+                results = await self._probe_one(key, self._sem)
+                if not any(r.reason is ProbeReason.LOADING for r in results) or time.monotonic() > deadline:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(FAST_MAX_DELAY, delay * FAST_GROWTH)
+        except Exception:  # the periodic round still probes; never let a fast task crash loudly
+            log.exception("fast probes of %s/%s failed", *key)
+        finally:
+            self._fast.pop(key, None)
 
     def _address_allowed(self, ip: str) -> bool:
         if not self.allowed:
@@ -98,15 +139,15 @@ class Prober:
                         pod["metadata"].get("namespace"), pod["metadata"].get("name"))
         return False
 
-    async def _probe_one(self, key: Key, sem: asyncio.Semaphore) -> None:
+    async def _probe_one(self, key: Key, sem: asyncio.Semaphore) -> list[ProbeResult]:
         store = self.controller.store
         body = store.vllmds.get(key)
         if body is None:
-            return
+            return []
         try:
             vd = parse(body)
         except InvalidSpec:
-            return
+            return []
         # In a multi-node group only the leader (worker index 0) serves HTTP. Labels only find
         # candidates: the API key goes only to pods the operator's own workload created.
         pods = [p for p in store.server_pods(key) if p["status"].get("podIP") and p["status"].get("phase") == "Running"
@@ -124,6 +165,7 @@ class Prober:
                 continue
             uid = pod["metadata"]["uid"]
             async with sem:
+                probed_at = time.time()
                 result = await probe_endpoint(
                     self._session, f"http://{ip}:{CONTAINER_PORT}", vd.spec.model.served_name,
                     api_key=api_key, completion=uid not in self._completion_checked,
@@ -134,6 +176,7 @@ class Prober:
             metrics.PROBE_SECONDS.observe(result.latency_s)
             if result.reason is ProbeReason.SERVING:
                 self._completion_checked.add(uid)
+            _mark_startup(store.startup_marks, uid, result, probed_at)
             results.append(result)
         summary = summarize_readiness(results, vd.spec.replicas)
         if self.adapters.publish(key, {p["metadata"]["uid"] for p in pods}):
@@ -141,6 +184,18 @@ class Prober:
         if store.readiness.get(key) != summary:
             store.readiness[key] = summary
             self.controller.enqueue([key])
+        return results
+
+
+def _mark_startup(marks: dict[str, dict[str, float]], uid: str, result: ProbeResult, probed_at: float) -> None:
+    """The first /health 200 (any answer past it) and the first answered completion of a pod,
+    by the prober's clock: status.startup's engineLoad and firstCompletion stages."""
+    if result.reason in (ProbeReason.LOADING, ProbeReason.ENGINE_DOWN):
+        return
+    mark = marks.setdefault(uid, {})
+    mark.setdefault("health", probed_at)
+    if result.reason is ProbeReason.SERVING:
+        mark.setdefault("serving", probed_at + result.latency_s)
 
 
 def _ever_ready(pod: dict[str, Any]) -> bool:

@@ -48,7 +48,9 @@ def stamped(obj: dict[str, Any]) -> dict[str, Any]:
 
 def _key(item: Any) -> Any:
     if isinstance(item, dict):
-        for k in ("name", "type", "uid", "containerPort", "key"):
+        # volumeMounts by mountPath: one volume may be mounted twice (the model cache claim:
+        # the weights read-only, the compile cache folder writable), under one name.
+        for k in ("mountPath", "name", "type", "uid", "containerPort", "key"):
             if k in item:
                 return (k, item[k])
     return None

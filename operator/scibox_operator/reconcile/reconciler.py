@@ -30,7 +30,9 @@ from scibox_operator.reconcile.desired import desired
 from scibox_operator.reconcile.last_plan import last_known_plan, plan_inputs
 from scibox_operator.reconcile.observe import cache_shared, observe
 from scibox_operator.reconcile.policy import AdminPolicy, policy_violation
+from scibox_operator.reconcile.startup import StartupInputs, new_stage_values, startup_status
 from scibox_operator.reconcile.status import Failure, PlanNote, compute_status, status_differs
+from scibox_operator.render.cache import download_job_name
 from scibox_operator.render.service import endpoint_url
 from scibox_operator.runtime.hub import HubClient, HubError
 from scibox_operator.runtime.kube import ApiError, KubeClient
@@ -175,7 +177,9 @@ class Controller:
                                                           failure=Failure(*violation)))
             return None
 
+        plan_started = time.perf_counter()
         planned = await self._plan(key, vd, current_status)
+        planning_seconds = time.perf_counter() - plan_started
         if isinstance(planned, PlanOutcomeFailure):
             await self._write_status(body, compute_status(vd, current=current_status, now=now,
                                                           failure=planned.failure))
@@ -214,8 +218,21 @@ class Controller:
                                 + adapter_notes, **status_args)
         if adapters:
             status["adapters"] = adapters
+        status["startup"] = startup_status(vd.generation, current_status.get("startup"), now=now,
+                                           inputs=self._startup_inputs(key, vd, plan, planning_seconds),
+                                           ready=_condition(status, "Ready") and status.get("phase") == "Ready",
+                                           rolled_out=_condition(status, "UpToDate"))
         await self._write_status(body, status)
+        observe_startup(new_stage_values(current_status.get("startup"), status["startup"]), status["startup"])
         return None
+
+    def _startup_inputs(self, key: Key, vd: VLLMDeployment, plan: ServingPlan, planning_seconds: float) -> StartupInputs:
+        """What status.startup is computed from: reads of the store only."""
+        job = None if vd.spec.model.is_pvc else download_job_name(plan)
+        return StartupInputs(planning_seconds=planning_seconds,
+                             download_report=self.store.downloads.get((vd.namespace, job)) if job else None,
+                             job=self.store.child("Job", vd.namespace, job) if job else None,
+                             pods=tuple(self.store.server_pods(key)), marks=self.store.startup_marks)
 
     async def _plan(self, key: Key, vd: VLLMDeployment,
                     current_status: dict[str, Any]) -> tuple[ServingPlan, PlanNote | None] | PlanOutcomeFailure:
@@ -268,11 +285,11 @@ class Controller:
     async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
         meta = body["metadata"]
         current = body.get("status") or {}
+        if "startup" in current and "startup" not in status:  # a failing pass keeps the rollout's timings
+            status = {**status, "startup": current["startup"]}
         if not status_differs(current, status):
             return
-        patch = dict(status)
-        for stale in set(current) - set(status):
-            patch[stale] = None  # merge-patch null removes what no longer applies
+        patch = status_patch(current, status)
         if current.get("phase") != status.get("phase"):
             metrics.PHASE_TRANSITIONS.labels(phase=str(status.get("phase"))).inc()
             # An event is a courtesy to the user: posted in the background, never on the
@@ -297,6 +314,31 @@ class Controller:
 
 
 
+
+
+def status_patch(current: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that turns `current` into `status`: null removes what no longer applies,
+    at the top level and inside status.startup (a merge patch merges nested objects, and a new
+    rollout's block must not keep the last one's stages)."""
+    patch = dict(status)
+    for stale in set(current) - set(status):
+        patch[stale] = None
+    old_startup, new_startup = current.get("startup"), status.get("startup")
+    if isinstance(old_startup, dict) and isinstance(new_startup, dict):
+        patch["startup"] = {**dict.fromkeys(sorted(set(old_startup) - set(new_startup))), **new_startup}
+    return patch
+
+
+def _condition(status: dict[str, Any], type_: str) -> bool:
+    return any(c.get("type") == type_ and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def observe_startup(stages: dict[str, float], startup: dict[str, Any]) -> None:
+    """The histograms see each rollout's stage once, when status first shows it."""
+    for stage, seconds in stages.items():
+        metrics.STARTUP_STAGE_SECONDS.labels(stage=stage).observe(seconds)
+    if "download" in stages and startup.get("downloadBytesPerSecond"):
+        metrics.DOWNLOAD_BYTES_PER_SECOND.observe(float(startup["downloadBytesPerSecond"]))
 
 
 def kept_plan_note(status: dict[str, Any]) -> PlanNote | None:

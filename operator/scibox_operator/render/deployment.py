@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scibox_operator.api.names import API_KEY_DIGEST_ANNOTATION, OPERATOR_LABEL_PREFIXES
+from scibox_operator.api.names import API_KEY_DIGEST_ANNOTATION, COMPILE_CACHE_MOUNT, OPERATOR_LABEL_PREFIXES
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.engine.vllm_args import EngineSettings, render_vllm_args
 from scibox_operator.planning.adapters import RUNTIME_LORA_ENV, lora_enabled, max_loras
@@ -21,6 +21,7 @@ from .common import (
     selector_labels,
     server_placement,
 )
+from .compile_cache import compile_cache_key, compile_cache_subpath
 
 CONTAINER_PORT = 8000
 PROBE_PERIOD_SECONDS = 10
@@ -70,7 +71,8 @@ def engine_settings(vd: VLLMDeployment, plan: ServingPlan) -> EngineSettings:
         kv_cache_dtype=engine.kv_cache_dtype,
         tokenizer=tokenizer_dir(vd),
         runner=RUNNER_OF_TASK[spec.model.task],
-        extra_args=tuple(engine.extra_args),
+        extra_args=(*((f"--load-format={engine.load_format}",) if engine.load_format else ()),
+                    *engine.extra_args),
         max_loras=max_loras(vd),
         max_lora_rank=engine.max_lora_rank if lora_enabled(vd) else None,
     )
@@ -151,16 +153,34 @@ def gateway_pod_labels(vd: VLLMDeployment) -> dict[str, str]:
     return {k: v for k, v in vd.labels if not k.startswith(OPERATOR_LABEL_PREFIXES)}
 
 
+def compile_cache_parts(vd: VLLMDeployment, plan: ServingPlan, args: list[str],
+                        env: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """VLLM_CACHE_ROOT on the model's cache claim, in the folder of this configuration's compile
+    key, mounted writable (only that folder: the weights stay read-only). (env, mounts) to add;
+    none for a pvc:// model, whose claim is the user's and is never written."""
+    if vd.spec.model.is_pvc:
+        return [], []
+    key = compile_cache_key(image=plan.image, model=vd.spec.model.name, revision=vd.spec.model.revision,
+                            gpu_product=plan.gpu_product, args=args,
+                            env={e["name"]: e["value"] for e in env if "value" in e})
+    return ([{"name": "VLLM_CACHE_ROOT", "value": COMPILE_CACHE_MOUNT}],
+            [{"name": "model-cache", "mountPath": COMPILE_CACHE_MOUNT, "subPath": compile_cache_subpath(key)}])
+
+
 def render_deployment(vd: VLLMDeployment, plan: ServingPlan, *, api_key_digest: str | None = None) -> dict[str, Any]:
     spec = vd.spec
     startup_failures = max(1, -(-spec.rollout.startup_timeout_seconds // PROBE_PERIOD_SECONDS))
+    args = render_vllm_args(engine_settings(vd, plan))
+    env = server_env(vd)
+    compile_env, compile_mounts = compile_cache_parts(vd, plan, args, env)
     container = {
         "name": "vllm",
         "image": plan.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
-        "args": render_vllm_args(engine_settings(vd, plan)),
-        "env": server_env(vd),
+        "args": args,
+        # the service's env first, the user's last (a removed user entry leaves a prefix)
+        "env": env[:len(env) - len(spec.engine.env)] + compile_env + env[len(env) - len(spec.engine.env):],
         "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
         "resources": _resources(vd, plan),
         "startupProbe": _probe("/health", PROBE_PERIOD_SECONDS, startup_failures),
@@ -171,6 +191,7 @@ def render_deployment(vd: VLLMDeployment, plan: ServingPlan, *, api_key_digest: 
             {"name": "model-cache", "mountPath": MODELS_MOUNT, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "tmp", "mountPath": WRITABLE_HOME},
+            *compile_mounts,
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # With LoRA, adapter paths sent to /v1/load_lora_adapter are relative to the cache mount.
@@ -184,7 +205,9 @@ def render_deployment(vd: VLLMDeployment, plan: ServingPlan, *, api_key_digest: 
         "containers": [container],
         "volumes": [
             {"name": "model-cache",
-             "persistentVolumeClaim": {"claimName": plan.cache_claim, "readOnly": True}},
+             # Read-only at the volume when nothing is written to it; else each mount says.
+             "persistentVolumeClaim": {"claimName": plan.cache_claim,
+                                       **({} if compile_mounts else {"readOnly": True})}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": _gib(shm_bytes(plan))}},
             {"name": "tmp", "emptyDir": {}},
         ],

@@ -84,6 +84,9 @@ class Store:
     # read on every pass of a shared cache's users, and parsing them anew each time was
     # quadratic in CPU and held N parsed copies per concurrent pass (1.4 GB at 300 users).
     parsed_vllmds: dict[Key, tuple[str, VLLMDeployment | None]] = field(default_factory=dict)
+    # server pod uid -> {"health": epoch of its first /health 200, "serving": of its first
+    # answered completion}: the prober's clock readings for status.startup (reconcile/startup.py)
+    startup_marks: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def parsed(self, key: Key) -> VLLMDeployment | None:
         """The stored VLLMDeployment parsed once per version, or None when absent or invalid."""
@@ -152,6 +155,7 @@ class Store:
 
     def drop_pod(self, namespace: str, name: str) -> None:
         pod = self.pods.pop((namespace, name), None)
+        self.startup_marks.pop(((pod or {}).get("metadata") or {}).get("uid") or "", None)
         owner = ((pod or {}).get("metadata", {}).get("labels") or {}).get(OWNER_NAME_LABEL)
         if owner:
             names = self.pods_by_owner.get((namespace, owner), set())
@@ -171,6 +175,7 @@ def pod_summary(body: Any) -> dict[str, Any]:
     return {
         "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
                      "resourceVersion": meta.get("resourceVersion"), "labels": dict(meta.get("labels") or {}),
+                     "creationTimestamp": meta.get("creationTimestamp"),  # status.startup's stages
                      # what says whether the operator's own workload made the pod (ownership.pod_is_ours)
                      "ownerReferences": [dict(r) for r in meta.get("ownerReferences") or []]},
         "spec": {"hostNetwork": bool((body.get("spec") or {}).get("hostNetwork"))},

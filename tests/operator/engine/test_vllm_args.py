@@ -266,3 +266,15 @@ def test_every_planned_kv_cache_dtype_is_one_vllm_parses(vllm_parser, kv):
 def test_the_planned_flags_exist_in_vllm(vllm_parser):
     for flag in vllm_args.PLANNED_FLAGS.values():
         assert flag in vllm_parser._option_string_actions, flag
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("fmt", vllm_args.LOAD_FORMATS)
+def test_every_offered_load_format_is_one_vllm_parses_and_has_a_loader(vllm_parser, fmt):
+    from vllm.config.load import LoadConfig
+    from vllm.model_executor.model_loader import get_model_loader
+
+    parsed = parse(vllm_parser, render_vllm_args(EngineSettings(model="/m", extra_args=(f"--load-format={fmt}",))))
+    assert parsed.load_format == fmt
+    # vLLM's own loader registry resolves it (an unknown name raises here)
+    assert get_model_loader(LoadConfig(load_format=parsed.load_format)) is not None
