@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import uuid
-import zlib
 from pathlib import Path
 
 import pytest
