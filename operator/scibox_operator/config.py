@@ -25,6 +25,9 @@ class Settings:
     max_backoff: float = 300.0
     # API keys and hub tokens are re-read this often, so a rotated Secret is picked up.
     secret_ttl: float = 60.0
+    # At most this many VLLMDeployments roll at a time when the operator's own rendering (not
+    # their spec) changed their pod template, e.g. after an upgrade with a new default image.
+    max_operator_rollouts: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -36,4 +39,5 @@ class Settings:
             hub_endpoint=env.get("SCIBOX_HUB_ENDPOINT", DEFAULT_HUB_ENDPOINT),
             forbid_trust_remote_code=_flag(env.get("SCIBOX_FORBID_TRUST_REMOTE_CODE", "")),
             secret_ttl=float(env.get("SCIBOX_SECRET_TTL_SECONDS", "60")),
+            max_operator_rollouts=max(1, int(env.get("SCIBOX_MAX_OPERATOR_ROLLOUTS", "1"))),
         )

@@ -19,6 +19,7 @@ from scibox_operator.readiness.ownership import owner_summary
 from scibox_operator.readiness.prober import Prober
 from scibox_operator.reconcile.policy import PolicyError
 from scibox_operator.reconcile.reconciler import Controller
+from scibox_operator.reconcile.rollout import pod_gpu_request
 from scibox_operator.render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, SERVER
 from scibox_operator.runtime.kube import KINDS, KubeClient
 from scibox_operator.runtime.leader import LeaderElector, Timing
@@ -179,6 +180,15 @@ async def download_pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.
         controller.store.drop_pod(body.metadata.namespace, body.metadata.name)
     elif controller.sync.observe_pod(body):
         controller.enqueue(controller.store.owners_of(body))
+
+
+@kopf.on.event("", "v1", "pods", id="gpu-pod-event")
+async def gpu_pod_event(**kwargs: Any) -> None:
+    """Every pod's GPU requests on its node: the free GPUs a rollout may surge into."""
+    body = kwargs["body"]
+    key = (str(body.metadata.namespace), str(body.metadata.name))
+    held = None if kwargs["event"]["type"] == "DELETED" else pod_gpu_request(body)
+    kwargs["memo"].controller.store.set_gpu_pod(key, held)
 
 
 @kopf.on.event("", "v1", "nodes")

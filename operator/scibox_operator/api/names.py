@@ -40,3 +40,13 @@ SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 LEADER_WORKER_SET_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
 WATCHED_CRDS = (SERVICE_MONITOR_CRD, LEADER_WORKER_SET_CRD)
 LEADER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+
+# Safe rollouts (reconcile/rollout.py), on the workload (Deployment / LeaderWorkerSet) the
+# VLLMDeployment owns, so they survive operator restarts. JSON values.
+# The rollout under way or last finished: target template digest, strategy, cause, start time.
+ROLLOUT_ANNOTATION = "scibox.io/rollout"
+# The last pod template that served (digest and body): what a failed rollout returns to.
+LAST_GOOD_TEMPLATE_ANNOTATION = "scibox.io/last-good-template"
+# A template that could not become ready (digest, generation, reason): not retried until the
+# spec renders another one.
+FAILED_TEMPLATE_ANNOTATION = "scibox.io/failed-template"

@@ -82,6 +82,22 @@ class Store:
     # read on every pass of a shared cache's users, and parsing them anew each time was
     # quadratic in CPU and held N parsed copies per concurrent pass (1.4 GB at 300 users).
     parsed_vllmds: dict[Key, tuple[str, VLLMDeployment | None]] = field(default_factory=dict)
+    # Every bound, unfinished pod of the cluster holding GPUs: (namespace, name) -> (node, GPUs),
+    # and the per-node sums kept with it (free GPUs for a rollout's surge, reconcile/rollout.py).
+    gpu_pods: dict[Key, tuple[str, int]] = field(default_factory=dict)
+    gpus_by_node: dict[str, int] = field(default_factory=dict)
+
+    def set_gpu_pod(self, key: Key, held: tuple[str, int] | None) -> None:
+        before = self.gpu_pods.pop(key, None)
+        if before is not None:
+            left = self.gpus_by_node.get(before[0], 0) - before[1]
+            if left > 0:
+                self.gpus_by_node[before[0]] = left
+            else:
+                self.gpus_by_node.pop(before[0], None)
+        if held is not None:
+            self.gpu_pods[key] = held
+            self.gpus_by_node[held[0]] = self.gpus_by_node.get(held[0], 0) + held[1]
 
     def parsed(self, key: Key) -> VLLMDeployment | None:
         """The stored VLLMDeployment parsed once per version, or None when absent or invalid."""
