@@ -128,6 +128,8 @@ class RolloutInputs:
     now: datetime | None = None  # None (e.g. `scibox-operator render`): no timing decisions
     pods: tuple[dict[str, Any], ...] = ()  # the VLLMDeployment's server pods (store summaries)
     announced: str | None = None  # the template whose Recreate status already announced
+    completed: str | None = None  # the template status saw fully rolled out (no workload write for it:
+    # a Deployment's annotations count as its spec, a write would restart its rollout bookkeeping)
     slot: bool = True  # may an operator-caused rollout start now
     queue: tuple[str, ...] = ()  # VLLMDeployments waiting for a slot, in order
     rolling: tuple[str, ...] = ()  # VLLMDeployments holding one
@@ -312,11 +314,10 @@ def decide_rollout(vd: VLLMDeployment, plan: ServingPlan, rendered: dict[str, An
         status.update(strategy=strategy, cause=cause)
         new, old, counted = counts_message()
         status.update(newReplicas=new, oldReplicas=old)
-        done = rollout_condition(replicas, live, True)[0] == "True"
+        done = inputs.completed == target or rollout_condition(replicas, live, True)[0] == "True"
         if done:
-            last_good = {"template": target, "body": new_template}
-            record.pop("since", None)
-            return RolloutOutcome(build(new_template, record, last_good, None),
+            status["completedTemplate"] = target
+            return RolloutOutcome(build(new_template, record, good, None),
                                   (PROGRESSING, "False", ROLLED_OUT, f"all {replicas} replicas run template "
                                                                      f"{target} ({strategy})"),
                                   status, cause, "Done")
@@ -376,6 +377,11 @@ def decide_rollout(vd: VLLMDeployment, plan: ServingPlan, rendered: dict[str, An
                               status, cause, "Queued", 5.0)
     strategy, why, missing = choose_strategy(vd, plan, inputs)
     status.update(strategy=strategy)
+    # What serves now is what a failure of this rollout returns to (taken before it starts:
+    # the live template as it is, server defaults included).
+    serving = (current or {}).get("template") or template_digest(live_template)
+    if inputs.completed == serving or rollout_condition(replicas, live, True)[0] == "True":
+        good = {"template": serving, "body": live_template}
     if missing is not None and strategy == "Recreate" and replicas > 0 and inputs.announced != target:
         # Said before the first pod goes: the next pass applies it.
         status["announcedRecreate"] = target

@@ -4,6 +4,7 @@ operator itself causes (at most N VLLMDeployments at a time; reconcile/rollout.p
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +22,8 @@ from scibox_operator.reconcile.rollout import (
 )
 from scibox_operator.reconcile.status import rollout_condition
 from scibox_operator.runtime.store import Key, Store
+
+log = logging.getLogger(__name__)
 
 
 def _name(key: Key) -> str:
@@ -66,6 +69,8 @@ class OperatorRolloutSlots:
     def update(self, key: Key, outcome: RolloutOutcome | None) -> list[Key]:
         """Record this pass's outcome; returns the waiting keys to run again when a slot freed."""
         if outcome is not None and outcome.holds_slot:
+            if key not in self.holders:
+                log.info("%s/%s: operator-caused rollout started (rolling: %s)", *key, list(self.holders))
             self.holders[key] = None
             self.waiting.pop(key, None)
             return []
@@ -77,6 +82,7 @@ class OperatorRolloutSlots:
     def release(self, key: Key) -> list[Key]:
         self.waiting.pop(key, None)
         if self.holders.pop(key, 0) is None:
+            log.info("%s/%s: operator-caused rollout finished", *key)
             return sorted(self.waiting, key=lambda k: self.waiting[k])
         return []
 
@@ -87,7 +93,9 @@ def rollout_inputs(store: Store, vd: VLLMDeployment, plan: ServingPlan, *, slots
     key = (vd.namespace, vd.name)
     slots.seed(store)
     slot, queue, rolling = slots.view(key)
-    announced = ((current_status.get("rollout") or {}).get("announcedRecreate"))
+    kept = current_status.get("rollout") or {}
+    announced, completed = kept.get("announcedRecreate"), kept.get("completedTemplate")
     return RolloutInputs(capacity=capacity(vd, plan, store.gpu_nodes(), store.gpus_by_node), now=now,
                          pods=tuple(store.server_pods(key)), announced=str(announced) if announced else None,
+                         completed=str(completed) if completed else None,
                          slot=slot, queue=queue, rolling=rolling, limit=slots.limit, api_key_digest=api_key_digest)
