@@ -244,6 +244,12 @@ def crash_reason(pods: tuple[dict[str, Any], ...]) -> str | None:
     return None
 
 
+def _appliable(template: Mapping[str, Any]) -> dict[str, Any]:
+    """A live pod template as it can be applied again (no server-set null timestamp)."""
+    meta = {k: v for k, v in (template.get("metadata") or {}).items() if k != "creationTimestamp"}
+    return {**template, "metadata": meta}
+
+
 # --- the decision ------------------------------------------------------------------------------
 
 def decide_rollout(vd: VLLMDeployment, plan: ServingPlan, rendered: dict[str, Any], live: dict[str, Any] | None,
@@ -381,7 +387,7 @@ def decide_rollout(vd: VLLMDeployment, plan: ServingPlan, rendered: dict[str, An
     # the live template as it is, server defaults included).
     serving = (current or {}).get("template") or template_digest(live_template)
     if inputs.completed == serving or rollout_condition(replicas, live, True)[0] == "True":
-        good = {"template": serving, "body": live_template}
+        good = {"template": serving, "body": _appliable(live_template)}
     if missing is not None and strategy == "Recreate" and replicas > 0 and inputs.announced != target:
         # Said before the first pod goes: the next pass applies it.
         status["announcedRecreate"] = target
