@@ -149,7 +149,12 @@ class RolloutOutcome:
 
     @property
     def holds_slot(self) -> bool:
-        return self.cause == CAUSE_OPERATOR and self.state in ("Rolling", "Announcing")
+        """An operator-caused rollout under way, or one that failed: a bad upgrade stops at the
+        first VLLMDeployment it breaks (the queue waits until its spec changes or it is deleted)."""
+        if self.cause == CAUSE_OPERATOR and self.state in ("Rolling", "Announcing", "Stuck"):
+            return True
+        failed = self.status.get("failedTemplate") or {}
+        return self.state == "RolledBack" and failed.get("cause") == CAUSE_OPERATOR
 
 
 def _annotation(live: Mapping[str, Any] | None, name: str) -> dict[str, Any] | None:
@@ -335,7 +340,7 @@ def decide_rollout(vd: VLLMDeployment, plan: ServingPlan, rendered: dict[str, An
             why = crash_reason(inputs.pods) or f"its pods were not ready within startupTimeoutSeconds {timeout}"
             if vd.spec.rollout.auto_rollback and good is not None and good.get("template") != target \
                     and now is not None:
-                failure = {"template": target, "generation": vd.generation, "reason": why[:1000]}
+                failure = {"template": target, "generation": vd.generation, "reason": why[:1000], "cause": cause}
                 back = {"template": good.get("template"), "strategy": strategy, "cause": CAUSE_ROLLBACK,
                         "inputs": change, "since": _ts(now)}
                 status.update(cause=CAUSE_ROLLBACK, servingTemplate=good.get("template"), failedTemplate=failure)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from scibox_operator.api.names import OWNER_NAME_LABEL, ROLLOUT_ANNOTATION
+from scibox_operator.api.names import FAILED_TEMPLATE_ANNOTATION, OWNER_NAME_LABEL, ROLLOUT_ANNOTATION
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.planning.serving_plan import ServingPlan
 from scibox_operator.reconcile.rollout import (
@@ -50,8 +50,14 @@ class OperatorRolloutSlots:
         for kind in ("Deployment", "LeaderWorkerSet"):
             for (ns, _), live in store.children.get(kind, {}).items():
                 record = _annotation(live, ROLLOUT_ANNOTATION) or {}
+                failed = _annotation(live, FAILED_TEMPLATE_ANNOTATION) or {}
                 owner = ((live.get("metadata") or {}).get("labels") or {}).get(OWNER_NAME_LABEL)
-                if record.get("cause") != CAUSE_OPERATOR or not owner:
+                if not owner:
+                    continue
+                if failed.get("cause") == CAUSE_OPERATOR:  # a failed upgrade holds the queue
+                    self.holders[(ns, owner)] = None
+                    continue
+                if record.get("cause") != CAUSE_OPERATOR:
                     continue
                 replicas = int((live.get("spec") or {}).get("replicas") or 0)
                 if rollout_condition(replicas, live, True)[0] != "True":

@@ -128,6 +128,7 @@ def test_a_template_that_is_not_ready_in_time_is_rolled_back_and_not_retried():
     assert back.workload["spec"]["template"] == good_template
     failed = json.loads(back.workload["metadata"]["annotations"][FAILED_TEMPLATE_ANNOTATION])
     assert failed["generation"] == 2 and "unrecognized arguments" in failed["reason"]
+    assert failed["cause"] == "spec" and not back.holds_slot  # only a failed upgrade holds the queue
     # Every later pass (another operator process: everything is read from the workload) stays.
     after = copy.deepcopy(back.workload)
     after["status"] = {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}
@@ -161,6 +162,11 @@ def test_a_template_change_the_spec_did_not_cause_waits_for_a_slot():
     assert not slots.view(b)[0]
     slots.update(b, newer)
     assert slots.release(a) == [b] and slots.view(b)[0]
+    # A failed upgrade keeps its slot: the next VLLMDeployment does not get the bad rendering.
+    broken = newer.__class__(None, ("", "", "", ""), {"failedTemplate": {"cause": "operator"}}, "rollback",
+                             "RolledBack")
+    slots.update(b, broken)
+    assert not slots.view(a)[0] and slots.view(b)[0]
 
 
 def test_an_unchanged_template_restarts_nothing_and_an_equal_pass_renders_the_same():
