@@ -198,8 +198,10 @@ async def node_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **
     before = controller.store.nodes.get(name)
     if event["type"] == "DELETED":
         controller.store.nodes.pop(name, None)
+        controller.store.node_labels.pop(name, None)
     else:
         controller.store.nodes[name] = gpu_node_from_body(body)
+        controller.store.node_labels[name] = dict(body.metadata.labels or {})
     if controller.store.nodes.get(name) != before:
         controller.enqueue_all()  # the GPU inventory changed: auto plans may change
 

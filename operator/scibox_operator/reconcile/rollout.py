@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,11 +92,22 @@ class Capacity:
         return f"one more replica needs {need}; the plan's nodes have: {nodes}"
 
 
-def capacity(vd: VLLMDeployment, plan: ServingPlan, nodes: list[GpuNode], used: Mapping[str, int]) -> Capacity:
-    """Free GPUs per node the server pods may land on (the spec's selector and GPU product, or
-    the product the plan was made for)."""
+def capacity(vd: VLLMDeployment, plan: ServingPlan, nodes: list[GpuNode], used: Mapping[str, int],
+             node_labels: Mapping[str, Mapping[str, str]] | None = None) -> Capacity:
+    """Free GPUs per node the server pods may land on (the spec's selector, against every label
+    of the node when known, and GPU product, or the product the plan was made for)."""
     out = []
-    for node in matching_gpu_nodes(vd, nodes):
+    selector = vd.spec.node_selector
+    unselected = replace(vd, spec=vd.spec.model_copy(update={"node_selector": {}}))
+    for node in nodes:
+        labels = (node_labels or {}).get(node.name)
+        if labels is not None:
+            if any(labels.get(k) != v for k, v in selector.items()):
+                continue
+            if node not in matching_gpu_nodes(unselected, [node]):  # product and memory rules
+                continue
+        elif node not in matching_gpu_nodes(vd, [node]):
+            continue
         if plan.gpu_product and node.product != plan.gpu_product:
             continue
         out.append((node.name, max(0, node.gpus - int(used.get(node.name, 0)))))

@@ -101,7 +101,7 @@ def rollout_inputs(store: Store, vd: VLLMDeployment, plan: ServingPlan, *, slots
     slot, queue, rolling = slots.view(key)
     kept = current_status.get("rollout") or {}
     announced, completed = kept.get("announcedRecreate"), kept.get("completedTemplate")
-    return RolloutInputs(capacity=capacity(vd, plan, store.gpu_nodes(), store.gpus_by_node), now=now,
+    return RolloutInputs(capacity=capacity(vd, plan, store.gpu_nodes(), store.gpus_by_node, store.node_labels), now=now,
                          pods=tuple(store.server_pods(key)), announced=str(announced) if announced else None,
                          completed=str(completed) if completed else None,
                          slot=slot, queue=queue, rolling=rolling, limit=slots.limit, api_key_digest=api_key_digest)

@@ -86,6 +86,8 @@ class Store:
     # and the per-node sums kept with it (free GPUs for a rollout's surge, reconcile/rollout.py).
     gpu_pods: dict[Key, tuple[str, int]] = field(default_factory=dict)
     gpus_by_node: dict[str, int] = field(default_factory=dict)
+    # node name -> all its labels (a rollout's free GPUs honour any nodeSelector key)
+    node_labels: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def set_gpu_pod(self, key: Key, held: tuple[str, int] | None) -> None:
         before = self.gpu_pods.pop(key, None)

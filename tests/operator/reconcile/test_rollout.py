@@ -70,6 +70,13 @@ def test_free_gpus_are_allocatable_minus_what_bound_pods_request_on_the_plans_no
     cap = capacity(vd, plan_of(vd), nodes, {"a": 8, "b": 6, "c": 0})
     assert cap.free_by_node == (("a", 0), ("b", 2))  # c is another product
     assert cap.room_for_replica(2, 1) and not cap.room_for_replica(3, 1)
+    # A nodeSelector key beyond GPU Feature Discovery's labels is checked against every label.
+    picky = parse({"apiVersion": "scibox.io/v1alpha1", "kind": "VLLMDeployment",
+                   "metadata": {"name": "m", "namespace": "ns", "uid": "u", "generation": 1},
+                   "spec": {"model": {"name": "org/model"}, "nodeSelector": {"pool": "x"}}})
+    labels = {"a": {"pool": "y"}, "b": {"pool": "x"}, "c": {"pool": "x"}}
+    assert capacity(picky, plan_of(picky), nodes, {"b": 6}, labels).free_by_node == (("b", 2),)
+    assert capacity(picky, plan_of(picky), nodes, {}, {}).free_by_node == ()
     pod = {"spec": {"nodeName": "a", "containers": [{"resources": {"limits": {"nvidia.com/gpu": "4"}}}]},
            "status": {"phase": "Running"}}
     assert pod_gpu_request(pod) == ("a", 4)
