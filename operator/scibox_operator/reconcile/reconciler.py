@@ -30,9 +30,9 @@ from scibox_operator.reconcile.desired import desired
 from scibox_operator.reconcile.last_plan import last_known_plan, plan_inputs
 from scibox_operator.reconcile.observe import cache_shared, observe
 from scibox_operator.reconcile.policy import AdminPolicy, policy_violation
-from scibox_operator.reconcile.startup import StartupInputs, new_stage_values, startup_status
 from scibox_operator.reconcile.rollout import EVENT_TYPES, PROGRESSING
 from scibox_operator.reconcile.rollout_slots import OperatorRolloutSlots, rollout_inputs
+from scibox_operator.reconcile.startup import StartupInputs, new_stage_values, startup_status
 from scibox_operator.reconcile.status import Failure, PlanNote, compute_status, status_differs
 from scibox_operator.render.cache import download_job_name
 from scibox_operator.render.service import endpoint_url
