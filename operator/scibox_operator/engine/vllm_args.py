@@ -26,6 +26,7 @@ from typing import Any
 
 from . import values as check
 from .values import DTYPES, KV_CACHE_DTYPES, LOAD_FORMATS, RUNNERS
+from .vllm_flags import MANY_VALUE_FLAGS, NO_VALUE_FLAGS
 
 __all__ = [
     "EngineSettings",
@@ -221,6 +222,18 @@ def _refusal_for_short(token: str) -> str | None:
     return None
 
 
+_MANY = -1
+
+
+def _values_taken(flag: str) -> int:
+    """How many value tokens may follow `flag` in vLLM's parser (_MANY: any number)."""
+    if "=" in flag or flag in NO_VALUE_FLAGS:
+        return 0
+    if not flag.startswith("--") and len(flag) > 2 and flag not in MANY_VALUE_FLAGS:
+        return 0  # a short flag with its value attached (-O3)
+    return _MANY if flag in MANY_VALUE_FLAGS else 1
+
+
 def validate_extra_args(args: Iterable[str]) -> list[str]:
     """Human-readable problems with user-supplied extra vLLM arguments ([] = acceptable).
 
@@ -233,6 +246,7 @@ def validate_extra_args(args: Iterable[str]) -> list[str]:
         return ["extra args must be a list of separate tokens, not one string"]
     errors: list[str] = []
     tokens = list(args)
+    values_left = 0  # value tokens the last flag may still take (vllm_flags)
     for index, token in enumerate(tokens):
         if not isinstance(token, str):
             errors.append(f"extra arg #{index + 1} is {type(token).__name__}, not a string")
@@ -248,12 +262,18 @@ def validate_extra_args(args: Iterable[str]) -> list[str]:
             continue
         if token.startswith("--"):
             problem = _refusal_for_long(token)
+            values_left = _values_taken(token)
         elif token.startswith("-") and token != "-" and not _is_negative_number(token):
             problem = _refusal_for_short(token)
+            values_left = _values_taken(token)
         else:
             problem = None
             if index == 0:
                 problem = f"extra args must start with a flag, got {token!r} (vLLM would read it as the model)"
+            elif values_left == 0:
+                problem = (f"extra arg {token!r} is no flag's value ({tokens[index - 1]!r} takes no more), "
+                           "so vLLM would read it as the model")
+            values_left = max(0, values_left - 1) if values_left != _MANY else _MANY
         if problem:
             errors.append(problem)
     return errors
