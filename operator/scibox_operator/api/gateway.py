@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from scibox_operator.api.names import API_VERSION, GATEWAY_KIND, OPERATOR_LABEL_PREFIXES
-from scibox_operator.api.spec import ApiKeySecretRef, InvalidSpec, Toleration, _Model
+from scibox_operator.api.spec import Auth, InvalidSpec, Monitoring, ServiceSpec, Toleration, _Model
 
 Policy = Literal["cache_aware", "power_of_two", "consistent_hash", "round_robin", "random"]
 
@@ -42,20 +42,6 @@ class GatewaySelector(_Model):
         return dict(sorted(v.items()))
 
 
-class GatewayService(_Model):
-    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
-    port: int = Field(default=8000, ge=1, le=65535)
-
-
-class GatewayAuth(_Model):
-    api_key_secret_ref: ApiKeySecretRef | None = None
-
-
-class GatewayMonitoring(_Model):
-    service_monitor: bool = True
-    interval: str = Field(default="30s", pattern=r"^[0-9]+(ms|s|m|h)$")
-
-
 class GatewayResources(_Model):
     cpu: str = Field(default="500m", pattern=r"^[0-9]+(\.[0-9]+)?m?$")
     memory: str = Field(default="512Mi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti|K|M|G|T)?$")
@@ -66,9 +52,10 @@ class VLLMGatewaySpec(_Model):
     policy: Policy = "cache_aware"
     replicas: int = Field(default=1, ge=0, le=16)
     image: str | None = Field(default=None, min_length=1, max_length=512)
-    service: GatewayService = GatewayService()
-    auth: GatewayAuth = GatewayAuth()
-    monitoring: GatewayMonitoring = GatewayMonitoring()
+    # the same shapes as a VLLMDeployment's service, auth and monitoring blocks
+    service: ServiceSpec = ServiceSpec()
+    auth: Auth = Auth()
+    monitoring: Monitoring = Monitoring()
     resources: GatewayResources = GatewayResources()
     node_selector: dict[str, str] = {}
     tolerations: tuple[Toleration, ...] = ()

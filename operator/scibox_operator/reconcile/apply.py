@@ -44,6 +44,23 @@ def conflict_failure(conflicts: Iterable[tuple[str, str]]) -> Failure:
                                     "this VLLMDeployment or remove them")
 
 
+def _outcome(results: list[Any]) -> tuple[ChildRejected | None, list[tuple[str, str]]]:
+    """The first rejection and the sorted conflicts of a gather of child writes; any other error
+    is raised. `results` is emptied first: the traceback holds the callers' frames, and they must
+    not hold the error back."""
+    rejected = next((r for r in results if isinstance(r, ChildRejected)), None)
+    conflicts = sorted({r.key for r in results if isinstance(r, ChildConflict)})
+    error = next((r for r in results if isinstance(r, BaseException)
+                  and not isinstance(r, (ChildRejected, ChildConflict))), None)
+    results.clear()
+    if error is not None:
+        try:
+            raise error
+        finally:
+            error = None
+    return rejected, conflicts
+
+
 @dataclass(frozen=True)
 class Applied:
     workload: dict[str, Any] | None
@@ -84,16 +101,7 @@ class Applier:
             *(self._remove_child(vd, kind, name) for kind, name in want.removals),
             return_exceptions=True,
         )
-        rejected = next((r for r in results if isinstance(r, ChildRejected)), None)
-        conflicts = sorted({r.key for r in results if isinstance(r, ChildConflict)})
-        error = next((r for r in results if isinstance(r, BaseException)
-                      and not isinstance(r, (ChildRejected, ChildConflict))), None)
-        del results
-        if error is not None:
-            try:
-                raise error
-            finally:
-                error = None  # the traceback holds this frame; the frame must not hold it back
+        rejected, conflicts = _outcome(results)
         kind, name = want.workload
         workload = self.store.child(kind, vd.namespace, name)
         if kind == "LeaderWorkerSet" and want.workload_current:
@@ -111,16 +119,7 @@ class Applier:
         results = await asyncio.gather(*(self._ensure_child(owner, c) for c in children),
                                        *(self._remove_child(owner, kind, name) for kind, name in removals),
                                        return_exceptions=True)
-        rejected = next((r for r in results if isinstance(r, ChildRejected)), None)
-        conflicts = sorted({r.key for r in results if isinstance(r, ChildConflict)})
-        error = next((r for r in results if isinstance(r, BaseException)
-                      and not isinstance(r, (ChildRejected, ChildConflict))), None)
-        del results
-        if error is not None:
-            try:
-                raise error
-            finally:
-                error = None
+        rejected, conflicts = _outcome(results)
         return Applied(workload=None, conflicts=tuple(conflicts), rejected=rejected)
 
     async def _ensure_child(self, vd: Owner, child: dict[str, Any]) -> None:
