@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 # (and the tiny model's 2 heads would rightly refuse tensor parallel 8).
 MODEL = "scibox/stand-in-walk"
 ENV_NAMES = ("WALK_A", "WALK_B", "WALK_C")
-EXTRA_ARGS = ("--enforce-eager", "--seed=7", "--disable-log-stats", "--max-logprobs=3")
+EXTRA_ARGS = ("--enforce-eager", "--seed=7", "--disable-fastapi-docs", "--max-logprobs=3")  # none the settings own
 TOLERATIONS = ({"key": "walk/a", "operator": "Exists", "effect": "NoSchedule"},
                {"key": "walk/b", "operator": "Equal", "value": "x", "effect": "NoExecute"})
 NODE_LABELS = (("walk/zone", "z1"), ("walk/pool", "p1"))

@@ -9,6 +9,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from scibox_operator.engine import vllm_args
+from scibox_operator.engine.vllm_flags import NO_VALUE_FLAGS
 from scibox_operator.engine.vllm_args import (
     EngineSettings,
     SettingsError,
@@ -130,7 +131,9 @@ def test_every_other_vllm_flag_passes_validation(vllm_parser):
     for action in vllm_parser._actions:
         for option in action.option_strings:
             if option.startswith("--") and option not in refused and option != "--help":
-                assert validate_extra_args([option, "1"]) == [], option
+                # a value only where the flag takes one: after a no-value flag "1" would be vLLM's model
+                tokens = [option] if option in NO_VALUE_FLAGS else [option, "1"]
+                assert validate_extra_args(tokens) == [], option
                 checked += 1
     assert checked > 100
 
