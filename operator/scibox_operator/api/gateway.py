@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from scibox_operator.api.names import API_VERSION, GATEWAY_KIND, OPERATOR_LABEL_PREFIXES
-from scibox_operator.api.spec import Auth, InvalidSpec, Monitoring, ServiceSpec, Toleration, _Model
+from scibox_operator.api.spec import Auth, InvalidSpec, Monitoring, ServiceSpec, Toleration, _describe, _Model
 
 Policy = Literal["cache_aware", "power_of_two", "consistent_hash", "round_robin", "random"]
 
@@ -94,8 +94,6 @@ def parse_gateway(body: Mapping[str, Any]) -> VLLMGateway:
     try:
         spec = VLLMGatewaySpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
-        parts = [("spec." + ".".join(str(p) for p in e["loc"]) if e["loc"] else "spec") + f": {e['msg']}"
-                 for e in exc.errors()[:5]]
-        raise InvalidSpec("; ".join(parts)) from None
+        raise InvalidSpec(_describe(exc)) from None
     return VLLMGateway(name=name, namespace=meta.get("namespace", ""), uid=meta.get("uid", ""),
                        generation=int(meta.get("generation") or 0), spec=spec)
