@@ -25,6 +25,9 @@ class Settings:
     max_backoff: float = 300.0
     # API keys and hub tokens are re-read this often, so a rotated Secret is picked up.
     secret_ttl: float = 60.0
+    # Autoscaling with KEDA: the Prometheus its triggers query, and how often (seconds).
+    autoscaling_prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    autoscaling_polling_seconds: int = 15
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -36,4 +39,7 @@ class Settings:
             hub_endpoint=env.get("SCIBOX_HUB_ENDPOINT", DEFAULT_HUB_ENDPOINT),
             forbid_trust_remote_code=_flag(env.get("SCIBOX_FORBID_TRUST_REMOTE_CODE", "")),
             secret_ttl=float(env.get("SCIBOX_SECRET_TTL_SECONDS", "60")),
+            autoscaling_prometheus_url=env.get("SCIBOX_AUTOSCALING_PROMETHEUS_URL")
+            or "http://prometheus-operated.monitoring.svc:9090",
+            autoscaling_polling_seconds=int(env.get("SCIBOX_AUTOSCALING_POLLING_SECONDS", "15")),
         )

@@ -61,7 +61,8 @@ DOWNLOAD_FAILURES = Counter("scibox_operator_model_download_failures_total", "Fa
 
 # Every phase status.compute_status writes, plus Unknown for objects without a status yet.
 # All are exported (0 when empty) so "by phase" panels and alerts see a stable set of series.
-PHASES = ("Unknown", "Pending", "Downloading", "Deploying", "Ready", "Degraded", "Stopped", "Failed")
+PHASES = ("Unknown", "Pending", "Downloading", "Deploying", "Ready", "Degraded", "Stopped", "Failed",
+          "ScaledToZero")
 
 NS_LABEL = "vllmdeployment_namespace"
 NAME_LABEL = "vllmdeployment"

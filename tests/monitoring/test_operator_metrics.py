@@ -83,7 +83,7 @@ def test_count_by_phase_reports_every_phase_and_skips_objects_being_deleted():
     counts = metrics.count_by_phase([vllmd("a", "Ready"), vllmd("b", "Ready"), vllmd("c", "Failed"),
                                      vllmd("d", None), vllmd("e", "Ready", deleting=True), vllmd("f", "Weird")])
     assert counts == {"Unknown": 2, "Pending": 0, "Downloading": 0, "Deploying": 0, "Ready": 2, "Degraded": 0,
-                      "Stopped": 0, "Failed": 1}
+                      "Stopped": 0, "Failed": 1, "ScaledToZero": 0}
 
 
 def test_every_phase_the_crd_documents_is_exported():

@@ -38,5 +38,14 @@ RWX_ANNOTATION = "scibox.io/access-modes"
 # Optional CRDs the operator follows.
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 LEADER_WORKER_SET_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
-WATCHED_CRDS = (SERVICE_MONITOR_CRD, LEADER_WORKER_SET_CRD)
+# KEDA's ScaledObject: when installed, autoscaling renders one instead of a plain HPA.
+SCALED_OBJECT_CRD = "scaledobjects.keda.sh"
+WATCHED_CRDS = (SERVICE_MONITOR_CRD, LEADER_WORKER_SET_CRD, SCALED_OBJECT_CRD)
 LEADER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+
+# Autoscaling (render/autoscaling.py): the API versions and vLLM's own series it scales on.
+KEDA_API_VERSION = "keda.sh/v1alpha1"
+HPA_API_VERSION = "autoscaling/v2"
+METRIC_REQUESTS_WAITING = "vllm:num_requests_waiting"
+METRIC_KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
+METRIC_REQUESTS_FINISHED = "vllm:request_success_total"

@@ -68,6 +68,8 @@ KINDS = {k.kind: k for k in (
     Kind("coordination.k8s.io/v1", "Lease", "leases"),
     Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
     Kind("storage.k8s.io/v1", "StorageClass", "storageclasses", namespaced=False),
+    Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
+    Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
 )}
 
 
