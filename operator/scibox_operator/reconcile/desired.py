@@ -170,8 +170,12 @@ def _claim_access_modes(vd: VLLMDeployment, claim: dict[str, Any] | None) -> tup
 def pods_mounting_cache(vd: VLLMDeployment, plan: ServingPlan) -> tuple[int, str]:
     """How many server pods may hold the cache volume at the same moment, and why."""
     replicas = vd.spec.replicas
-    pods = replicas * plan.nodes
     why = [f"replicas {replicas}"] if replicas > 1 else []
+    scaling = vd.spec.autoscaling
+    if scaling is not None and scaling.max_replicas > replicas:  # what the autoscaler may ask for
+        replicas = scaling.max_replicas
+        why = [f"autoscaling.maxReplicas {replicas}"] if replicas > 1 else []
+    pods = replicas * plan.nodes
     if plan.multi_node and replicas:
         why.append(f"{plan.nodes} pods per replica on different nodes")
     # A Deployment's RollingUpdate starts the new pod (maxSurge 1) while the old one still holds
