@@ -21,7 +21,8 @@ H100 = (("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3"),)
 
 
 def vd_of(autoscaling=None, replicas=1, gpus=1):
-    spec = {"model": {"name": "org/model"}, "resources": {"gpus": gpus}, "replicas": replicas}
+    spec = {"model": {"name": "org/model"}, "resources": {"gpus": gpus}, "replicas": replicas,
+            "cache": {"accessMode": "ReadWriteMany"}}  # several replicas mount it
     if autoscaling is not None:
         spec["autoscaling"] = autoscaling
     return parse({"metadata": {"name": "m", "namespace": "ns", "uid": "u1", "generation": 3}, "spec": spec})
