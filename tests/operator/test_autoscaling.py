@@ -29,7 +29,7 @@ def vd_of(autoscaling=None, replicas=1, gpus=1):
 
 
 def plan_of(vd, gpus=1):
-    return ServingPlan(gpus, 1, gpus, "test", cache_claim_name(vd, False), False, "10Gi", "img:1", 1)
+    return ServingPlan(gpus, 1, gpus, "test", cache_claim_name(vd, True), True, "10Gi", "img:1", 1)
 
 
 def observed(children=(), **kw):
