@@ -14,7 +14,13 @@ from typing import Any
 
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.planning.serving_plan import GpuNode, ServingPlan, matching_gpu_nodes
-from scibox_operator.render.autoscaling import autoscaler_unsupported, hpa_name, render_hpa, render_scaled_object, scaled_object_name
+from scibox_operator.render.autoscaling import (
+    autoscaler_unsupported,
+    hpa_name,
+    render_hpa,
+    render_scaled_object,
+    scaled_object_name,
+)
 
 # Condition types this module adds to status.
 AUTOSCALING_CONDITION = "AutoscalingCapacity"

@@ -14,8 +14,8 @@ from scibox_operator.api.names import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     OWNER_NAME_LABEL,
-    SERVER,
     SCALED_OBJECT_CRD,
+    SERVER,
     SERVICE_MONITOR_CRD,
 )
 from scibox_operator.api.spec import InvalidSpec, VLLMDeployment, parse
