@@ -88,7 +88,9 @@ def test_with_keda_a_scaled_object_replaces_the_hpa_and_both_render_byte_identic
     assert so["spec"]["minReplicaCount"] == 0 and so["spec"]["maxReplicaCount"] == 2
     queries = {t["name"]: t["metadata"]["query"] for t in so["spec"]["triggers"]}
     assert queries["waiting-requests"] == 'sum(vllm:num_requests_waiting{namespace="ns",service="m"})'
-    assert "[120s]" in queries["recent-requests"] and "vllm:request_success_total" in queries["recent-requests"]
+    assert "[60s]" in queries["recent-requests"] and so["spec"]["cooldownPeriod"] == 60
+    assert 'vllmdeployment="m"' in queries["waking"]
+    assert "vllm:request_success_total" in queries["recent-requests"] and "vllm:request_success_total" in queries["recent-requests"]
     assert all(t["metadata"]["serverAddress"] == PROM.server_address for t in so["spec"]["triggers"])
     assert desired(vd, plan_of(vd), observed([hpa], scaled_object_crd=True)) == want
     assert render_scaled_object(vd, server_address="x", polling_seconds=5) == \

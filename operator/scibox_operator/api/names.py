@@ -49,3 +49,6 @@ HPA_API_VERSION = "autoscaling/v2"
 METRIC_REQUESTS_WAITING = "vllm:num_requests_waiting"
 METRIC_KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
 METRIC_REQUESTS_FINISHED = "vllm:request_success_total"
+# the operator's own per-object gauges (metrics.py), which the wake trigger reads
+METRIC_DESIRED_REPLICAS = "scibox_operator_vllmdeployment_desired_replicas"
+METRIC_READY_REPLICAS = "scibox_operator_vllmdeployment_ready_replicas"

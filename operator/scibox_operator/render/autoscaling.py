@@ -18,6 +18,8 @@ from scibox_operator.api.names import (
     KIND,
     METRIC_KV_CACHE_USAGE,
     METRIC_REQUESTS_FINISHED,
+    METRIC_DESIRED_REPLICAS,
+    METRIC_READY_REPLICAS,
     METRIC_REQUESTS_WAITING,
 )
 from scibox_operator.api.spec import DEFAULT_WAITING_REQUESTS_PER_REPLICA as DEFAULT_WAITING
@@ -87,13 +89,23 @@ def prometheus_triggers(vd: VLLMDeployment, server_address: str) -> list[dict[st
     if a.target.query is not None and a.target.query_value is not None:
         trigger("query", a.target.query, a.target.query_value, 0 if zero else None)
     if a.scale_to_zero is not None:
-        # Activity: requests finished within the idle window. Its threshold is out of reach, so it
-        # never asks for more than one replica; above 0 it keeps (or makes) the model active.
-        idle = a.scale_to_zero.idle_seconds
+        # Activity: requests finished within half the idle window (KEDA's cool-down is the other
+        # half). Its threshold is out of reach, so it never asks for more than one replica; above
+        # 0 it keeps (or makes) the model active.
         trigger("recent-requests",
-                f"sum(increase({METRIC_REQUESTS_FINISHED}{{{sel}}}[{idle}s])) or vector(0)",
-                1e9, 0)
+                f"sum(increase({METRIC_REQUESTS_FINISHED}{{{sel}}}[{idle_half(a)}s])) or vector(0)", 1e9, 0)
+        # A wake under way (`kubectl scale` from 0, or the gateway raising spec.replicas): desired
+        # above ready, from the operator's own per-object gauges, keeps KEDA from taking the
+        # replicas straight back to zero while the model loads.
+        own = f'vllmdeployment_namespace="{vd.namespace}",vllmdeployment="{vd.name}"'
+        trigger("waking", f"(sum({METRIC_DESIRED_REPLICAS}{{{own}}}) - sum({METRIC_READY_REPLICAS}{{{own}}})) "
+                          "or vector(0)", 1e9, 0)
     return triggers
+
+
+def idle_half(a: Autoscaling) -> int:
+    assert a.scale_to_zero is not None
+    return max(15, (a.scale_to_zero.idle_seconds + 1) // 2)
 
 
 def render_scaled_object(vd: VLLMDeployment, *, server_address: str, polling_seconds: int) -> dict[str, Any]:
@@ -108,8 +120,8 @@ def render_scaled_object(vd: VLLMDeployment, *, server_address: str, polling_sec
         "triggers": prometheus_triggers(vd, server_address),
     }
     if a.scale_to_zero is not None:
-        # the idle window is already in the activity query: zero follows as soon as it is empty
-        spec["cooldownPeriod"] = polling_seconds
+        # zero about idleSeconds after the last request: half in the query's window, half here
+        spec["cooldownPeriod"] = idle_half(a)
     return {"apiVersion": KEDA_API_VERSION, "kind": "ScaledObject",
             "metadata": metadata(vd, scaled_object_name(vd), SERVER), "spec": spec}
 
