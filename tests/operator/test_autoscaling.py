@@ -145,3 +145,19 @@ def test_a_readwriteonce_cache_is_refused_up_front_when_autoscaling_may_add_repl
     assert failure is not None and "autoscaling.maxReplicas 2" in failure.message
     assert cache_access_conflict(vd_of({"maxReplicas": 1}), plan_of(vd), ("ReadWriteOnce",)) is None
     assert cache_access_conflict(vd, plan_of(vd), ("ReadWriteMany",)) is None
+
+
+def test_a_wake_from_zero_pauses_kedas_scale_in_until_a_replica_is_ready_and_the_pause_is_removed():
+    from scibox_operator.api.names import KEDA_PAUSED_SCALE_IN
+    vd = vd_of({"maxReplicas": 2, "scaleToZero": {"idleSeconds": 30}}, replicas=1)
+
+    def so(ready):
+        dep = {"kind": "Deployment", "metadata": {"name": "m"}, "status": {"readyReplicas": ready}}
+        return next(c for c in desired(vd, plan_of(vd), observed([dep], scaled_object_crd=True)).children
+                    if c["kind"] == "ScaledObject")
+    assert so(0)["metadata"]["annotations"][KEDA_PAUSED_SCALE_IN] == "true"
+    assert KEDA_PAUSED_SCALE_IN not in (so(1)["metadata"].get("annotations") or {})
+    idle = vd_of({"maxReplicas": 2, "scaleToZero": {"idleSeconds": 30}}, replicas=0)
+    child = next(c for c in desired(idle, plan_of(idle), observed(scaled_object_crd=True)).children
+                 if c["kind"] == "ScaledObject")
+    assert KEDA_PAUSED_SCALE_IN not in (child["metadata"].get("annotations") or {})

@@ -45,6 +45,7 @@ LEADER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
 
 # Autoscaling (render/autoscaling.py): the API versions and vLLM's own series it scales on.
 KEDA_API_VERSION = "keda.sh/v1alpha1"
+KEDA_PAUSED_SCALE_IN = "autoscaling.keda.sh/paused-scale-in"
 HPA_API_VERSION = "autoscaling/v2"
 METRIC_REQUESTS_WAITING = "vllm:num_requests_waiting"
 METRIC_KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"

@@ -40,13 +40,16 @@ def autoscaler_keys(vd: VLLMDeployment) -> tuple[tuple[str, str], ...]:
     return (("HorizontalPodAutoscaler", hpa_name(vd)), ("ScaledObject", scaled_object_name(vd)))
 
 
-def autoscaler_children(vd: VLLMDeployment, plan: ServingPlan, keda: bool,
-                        prometheus: AutoscalingPrometheus) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
-    """(kind, name, object or None) for both kinds: None asks for the live one's removal."""
+def autoscaler_children(vd: VLLMDeployment, plan: ServingPlan, keda: bool, prometheus: AutoscalingPrometheus,
+                        workload: dict[str, Any] | None = None) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
+    """(kind, name, object or None) for both kinds: None asks for the live one's removal.
+    `workload`: the live Deployment, whose ready replicas say whether a wake is under way."""
     on = vd.spec.autoscaling is not None
+    ready = int(((workload or {}).get("status") or {}).get("readyReplicas") or 0)
+    waking = vd.spec.replicas > 0 and ready == 0
     yield ("ScaledObject", scaled_object_name(vd),
            render_scaled_object(vd, server_address=prometheus.server_address,
-                                polling_seconds=prometheus.polling_seconds) if on and keda else None)
+                                polling_seconds=prometheus.polling_seconds, waking=waking) if on and keda else None)
     yield ("HorizontalPodAutoscaler", hpa_name(vd), render_hpa(vd) if on and not keda else None)
 
 

@@ -146,7 +146,8 @@ def desired(vd: VLLMDeployment, plan: ServingPlan, observed: Observed) -> Desire
     want("NetworkPolicy", vd.name, render_network_policy(vd, multi_node=plan.multi_node))
     want("ServiceMonitor", vd.name, render_service_monitor(vd)
          if observed.service_monitor_crd and vd.spec.monitoring.service_monitor else None)
-    for kind, name, obj in autoscaler_children(vd, plan, observed.scaled_object_crd, observed.autoscaling_prometheus):
+    for kind, name, obj in autoscaler_children(vd, plan, observed.scaled_object_crd, observed.autoscaling_prometheus,
+                                               observed.live(*workload)):
         want(kind, name, obj)
     notes.extend(Note(*n) for n in autoscaling_notes(vd, plan, observed.gpu_nodes, keda=observed.scaled_object_crd))
     return Desired(tuple(children), tuple(removals), workload, observed.cache.complete, None, tuple(notes))

@@ -14,6 +14,7 @@ from typing import Any
 from scibox_operator.api.names import (
     API_VERSION,
     HPA_API_VERSION,
+    KEDA_PAUSED_SCALE_IN,
     KEDA_API_VERSION,
     KIND,
     METRIC_KV_CACHE_USAGE,
@@ -108,7 +109,11 @@ def idle_half(a: Autoscaling) -> int:
     return max(15, (a.scale_to_zero.idle_seconds + 1) // 2)
 
 
-def render_scaled_object(vd: VLLMDeployment, *, server_address: str, polling_seconds: int) -> dict[str, Any]:
+def render_scaled_object(vd: VLLMDeployment, *, server_address: str, polling_seconds: int,
+                         waking: bool = False) -> dict[str, Any]:
+    """`waking`: replicas were asked for while none is ready (a wake from zero): KEDA's scale-in
+    is paused until one is, or it would take them straight back to zero before its triggers
+    (which lag by a scrape) see the wake."""
     a = vd.spec.autoscaling
     assert a is not None
     spec: dict[str, Any] = {
@@ -122,8 +127,10 @@ def render_scaled_object(vd: VLLMDeployment, *, server_address: str, polling_sec
     if a.scale_to_zero is not None:
         # zero about idleSeconds after the last request: half in the query's window, half here
         spec["cooldownPeriod"] = idle_half(a)
-    return {"apiVersion": KEDA_API_VERSION, "kind": "ScaledObject",
-            "metadata": metadata(vd, scaled_object_name(vd), SERVER), "spec": spec}
+    meta = metadata(vd, scaled_object_name(vd), SERVER)
+    if waking and a.scale_to_zero is not None:
+        meta["annotations"] = {KEDA_PAUSED_SCALE_IN: "true"}
+    return {"apiVersion": KEDA_API_VERSION, "kind": "ScaledObject", "metadata": meta, "spec": spec}
 
 
 def render_hpa(vd: VLLMDeployment) -> dict[str, Any]:
