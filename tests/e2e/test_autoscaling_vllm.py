@@ -34,28 +34,49 @@ SERVER = "app.kubernetes.io/component=server"
 SCRAPE_SECONDS = 2
 
 
-def prometheus_config(cluster, operator: OperatorProcess) -> dict:
-    """Pods found through the API server like in a cluster (kubernetes_sd), labelled the way
-    Prometheus-Operator labels a ServiceMonitor's series (namespace, service, pod)."""
-    pki = cluster.pki_dir
-    tls = {"ca_file": str(pki / "ca.crt"), "cert_file": str(pki / "admin.crt"), "key_file": str(pki / "admin.key")}
-    server = (cluster.state_dir / "apiserver-url").read_text().strip()
+def prometheus_config(targets_file: Path, operator: OperatorProcess) -> dict:
+    """Server pods as file_sd targets (Debian's Prometheus has no kubernetes_sd: PodDiscovery
+    writes the file from the API server's pod list), labelled the way Prometheus-Operator labels
+    a ServiceMonitor's series (namespace, service, pod)."""
     return {
         "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": f"{SCRAPE_SECONDS}s"},
         "scrape_configs": [
-            {"job_name": "vllm", "kubernetes_sd_configs": [{"role": "pod", "api_server": server, "tls_config": tls}],
-             "relabel_configs": [
-                 {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"], "regex": "server",
-                  "action": "keep"},
-                 {"source_labels": ["__meta_kubernetes_pod_ip"], "regex": "(.+)", "target_label": "__address__",
-                  "replacement": "$1:8000"},
-                 {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-                 {"source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
-                  "target_label": "service"},
-                 {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"}]},
+            {"job_name": "vllm", "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "1s"}]},
             {"job_name": "scibox-operator", "static_configs": [{"targets": [f"127.0.0.1:{operator.metrics_port}"]}]},
         ],
     }
+
+
+class PodDiscovery:
+    """Every second: the running server pods of the cluster -> Prometheus file_sd targets."""
+
+    def __init__(self, rest, path: Path):
+        self.rest, self.path = rest, path
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.path.write_text("[]")
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(1.0):
+            try:
+                pods = self.rest.get(f"/api/v1/pods?labelSelector={SERVER}")["items"]
+            except Exception:  # noqa: BLE001 - a busy API server: try again next second
+                continue
+            groups = [{"targets": [f"{p['status']['podIP']}:8000"],
+                       "labels": {"namespace": p["metadata"]["namespace"], "pod": p["metadata"]["name"],
+                                  "service": p["metadata"]["labels"].get("app.kubernetes.io/instance", "")}}
+                      for p in pods if (p.get("status") or {}).get("podIP") and p["status"].get("phase") == "Running"]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(groups))
+            tmp.replace(self.path)
+
+    def start(self) -> PodDiscovery:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
 
 
 def complete(ip: str, model: str, tokens: int = 48, timeout: float = 120) -> str:
@@ -105,7 +126,9 @@ def stack(e2e_cluster, hub_mirror, tmp_path_factory):
     keda = Keda(cluster, work / "keda").start()
     operator = OperatorProcess(Path(cluster.kubeconfig), work / "operator", hub_endpoint=hub_mirror.endpoint,
                                extra_env={"SCIBOX_AUTOSCALING_POLLING_SECONDS": str(SCRAPE_SECONDS)})
-    prom = PrometheusServer(prometheus_config(cluster, operator), work / "prometheus")
+    (work / "prometheus").mkdir()
+    discovery = PodDiscovery(cluster.rest, work / "prometheus" / "targets.json").start()
+    prom = PrometheusServer(prometheus_config(work / "prometheus" / "targets.json", operator), work / "prometheus")
     operator.extra_env["SCIBOX_AUTOSCALING_PROMETHEUS_URL"] = prom.url
     prom.start()
     operator.start()
@@ -127,6 +150,7 @@ volumeBindingMode: Immediate
         e2e_cluster.operator = None
         operator.stop()
         prom.stop()
+        discovery.stop()
         keda.stop()
 
 
