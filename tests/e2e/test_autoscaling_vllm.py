@@ -156,6 +156,7 @@ volumeBindingMode: Immediate
 
 def serving_pods(e2e, ns: str) -> list[dict]:
     return [p for p in e2e.pods(ns, SERVER) if not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("podIP")
             and any(c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])]
 
 
@@ -182,7 +183,7 @@ def test_load_scales_1_to_2_and_back_then_idle_to_zero_and_a_wake(e2e_cluster, e
     t["first_ready_s"] = time.monotonic() - t0
     so = e2e.rest.get(f"/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects/{NAME}")
     assert so["spec"]["minReplicaCount"] == 1
-    first = serving_pods(e2e, ns)[0]
+    first = e2e.wait_for("a Ready pod", lambda: serving_pods(e2e, ns), timeout=120, ns=ns)[0]
     ip = first["status"]["podIP"]
     downloads_before = len(e2e.pods(ns, "app.kubernetes.io/component=model-download"))
 
@@ -193,7 +194,9 @@ def test_load_scales_1_to_2_and_back_then_idle_to_zero_and_a_wake(e2e_cluster, e
         t["load_to_scale_decision_s"] = time.monotonic() - start
         e2e.wait_for("2/2 Ready", lambda: ready(2), timeout=900, ns=ns)
         t["load_to_second_replica_ready_s"] = time.monotonic() - start
-        second = next(p for p in serving_pods(e2e, ns) if p["metadata"]["name"] != first["metadata"]["name"])
+        second = e2e.wait_for("the second pod Ready", lambda: [p for p in serving_pods(e2e, ns)
+                                                                if p["metadata"]["name"] != first["metadata"]["name"]],
+                              timeout=120, ns=ns)[0]
         assert complete(second["status"]["podIP"], NAME, tokens=4)  # the second replica serves
         t["load_to_second_replica_serving_s"] = time.monotonic() - start
     stopped = time.monotonic()
@@ -222,7 +225,7 @@ def test_load_scales_1_to_2_and_back_then_idle_to_zero_and_a_wake(e2e_cluster, e
     wake = time.monotonic()
     e2e.cluster.kubectl("scale", "vllmd", NAME, "-n", ns, "--replicas=1")
     e2e.wait_for("awake: 1/1 Ready", lambda: ready(1), timeout=900, ns=ns)
-    pod = serving_pods(e2e, ns)[0]
+    pod = e2e.wait_for("a Ready pod", lambda: serving_pods(e2e, ns), timeout=120, ns=ns)[0]
     assert complete(pod["status"]["podIP"], NAME, tokens=4)
     t["wake_to_first_completion_s"] = time.monotonic() - wake
     # the cache stayed: no download pod ran again
