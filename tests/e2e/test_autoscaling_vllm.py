@@ -123,15 +123,26 @@ def stack(e2e_cluster, hub_mirror, tmp_path_factory):
     """KEDA, the operator (KEDA's triggers pointed at the test Prometheus) and Prometheus."""
     cluster = e2e_cluster.cluster
     work = tmp_path_factory.mktemp("autoscaling")
-    keda = Keda(cluster, work / "keda").start()
+    keda = Keda(cluster, work / "keda")
+    try:
+        keda.start()
+    except BaseException:
+        keda.stop()
+        raise
     operator = OperatorProcess(Path(cluster.kubeconfig), work / "operator", hub_endpoint=hub_mirror.endpoint,
                                extra_env={"SCIBOX_AUTOSCALING_POLLING_SECONDS": str(SCRAPE_SECONDS)})
     (work / "prometheus").mkdir()
     discovery = PodDiscovery(cluster.rest, work / "prometheus" / "targets.json").start()
     prom = PrometheusServer(prometheus_config(work / "prometheus" / "targets.json", operator), work / "prometheus")
     operator.extra_env["SCIBOX_AUTOSCALING_PROMETHEUS_URL"] = prom.url
-    prom.start()
-    operator.start()
+    try:
+        prom.start()
+        operator.start()
+    except BaseException:
+        prom.stop()
+        discovery.stop()
+        keda.stop()
+        raise
     e2e_cluster.operator = operator
     cluster.kubectl("apply", "-f", "-", input="""
 apiVersion: storage.k8s.io/v1

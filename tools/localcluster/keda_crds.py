@@ -16,19 +16,21 @@ from .rest import Rest
 
 MODULE = "github.com/kedacore/keda/v2"
 CRD_DIR = "config/crd/bases"
-GROUP = "keda.sh"
-PLURALS = ("scaledobjects", "triggerauthentications")
-CRD_NAMES = tuple(f"{p}.{GROUP}" for p in PLURALS)
+# All of them: KEDA's operator watches every kind and exits when one cache cannot sync.
+FILES = ("keda.sh_scaledobjects", "keda.sh_scaledjobs", "keda.sh_triggerauthentications",
+         "keda.sh_clustertriggerauthentications", "eventing.keda.sh_cloudeventsources",
+         "eventing.keda.sh_clustercloudeventsources")
+CRD_NAMES = tuple(f"{f.split('_', 1)[1]}.{f.split('_', 1)[0]}" for f in FILES)
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
 def crd_manifests(version: str = versions.KEDA) -> list[dict]:
     root = build.module_dir(MODULE, version) / CRD_DIR
     out = []
-    for plural in PLURALS:
-        docs = [d for d in yaml.safe_load_all((root / f"{GROUP}_{plural}.yaml").read_text()) if d]
+    for name in FILES:
+        docs = [d for d in yaml.safe_load_all((root / f"{name}.yaml").read_text()) if d]
         if len(docs) != 1 or docs[0].get("kind") != "CustomResourceDefinition":
-            raise RuntimeError(f"{root}/{GROUP}_{plural}.yaml: expected exactly one CustomResourceDefinition")
+            raise RuntimeError(f"{root}/{name}.yaml: expected exactly one CustomResourceDefinition")
         out.append(docs[0])
     return out
 
