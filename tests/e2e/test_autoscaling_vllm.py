@@ -79,7 +79,7 @@ class PodDiscovery:
         self.thread.join(timeout=10)
 
 
-def complete(ip: str, model: str, tokens: int = 48, timeout: float = 120) -> str:
+def complete(ip: str, model: str, tokens: int = 48, timeout: float = 600) -> str:
     req = urllib.request.Request(f"http://{ip}:8000/v1/completions", method="POST",
                                  headers={"Content-Type": "application/json"},
                                  data=json.dumps({"model": model, "prompt": "hello " * 8, "max_tokens": tokens,
@@ -180,8 +180,8 @@ def test_load_scales_1_to_2_and_back_then_idle_to_zero_and_a_wake(e2e_cluster, e
     body["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 2, "target": {"waitingRequestsPerReplica": 1},
                                    "behavior": {"scaleUpStabilizationSeconds": 0,
                                                 # a server starved by a neighbour's cold start
-                                                # answers in bursts: 60 s rides out the lulls
-                                                "scaleDownStabilizationSeconds": 60}}
+                                                # answers in bursts: 120 s rides out the lulls
+                                                "scaleDownStabilizationSeconds": 120}}
     e2e.cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(body))
     t: dict[str, float] = {}
     t0 = time.monotonic()
