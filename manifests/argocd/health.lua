@@ -82,6 +82,10 @@ elseif phase == "Ready" then
 elseif phase == "Stopped" then
   hs.status = "Healthy"
   hs.message = ready_message(ready, "Scaled to zero replicas")
+elseif phase == "ScaledToZero" then
+  -- The autoscaler stopped an idle model (scale to zero): nothing is wrong, it wakes on demand.
+  hs.status = "Suspended"
+  hs.message = ready_message(ready, "Scaled to zero while idle")
 elseif phase == "Failed" then
   hs.status = "Degraded"
   hs.message = ready_message(ready, "The operator cannot serve this model")

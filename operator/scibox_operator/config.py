@@ -28,6 +28,9 @@ class Settings:
     secret_ttl: float = 60.0
     # The VLLMGateway router image (images/router): SCIBOX_ROUTER_IMAGE, else the release's.
     router_image: str = release.ROUTER_IMAGE
+    # Autoscaling with KEDA: the Prometheus its triggers query, and how often (seconds).
+    autoscaling_prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    autoscaling_polling_seconds: int = 15
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -40,4 +43,7 @@ class Settings:
             forbid_trust_remote_code=_flag(env.get("SCIBOX_FORBID_TRUST_REMOTE_CODE", "")),
             secret_ttl=float(env.get("SCIBOX_SECRET_TTL_SECONDS", "60")),
             router_image=env.get("SCIBOX_ROUTER_IMAGE") or release.ROUTER_IMAGE,
+            autoscaling_prometheus_url=env.get("SCIBOX_AUTOSCALING_PROMETHEUS_URL")
+            or "http://prometheus-operated.monitoring.svc:9090",
+            autoscaling_polling_seconds=int(env.get("SCIBOX_AUTOSCALING_POLLING_SECONDS", "15")),
         )

@@ -71,7 +71,8 @@ DOWNLOAD_FAILURES = Counter("scibox_operator_model_download_failures_total", "Fa
 
 # Every phase status.compute_status writes, plus Unknown for objects without a status yet.
 # All are exported (0 when empty) so "by phase" panels and alerts see a stable set of series.
-PHASES = ("Unknown", "Pending", "Downloading", "Deploying", "Ready", "Degraded", "Stopped", "Failed")
+PHASES = ("Unknown", "Pending", "Downloading", "Deploying", "Ready", "Degraded", "Stopped", "Failed",
+          "ScaledToZero")
 
 NS_LABEL = "vllmdeployment_namespace"
 NAME_LABEL = "vllmdeployment"
@@ -321,6 +322,10 @@ class StateCollector(Collector):
         ready = GaugeMetricFamily("scibox_operator_vllmdeployment_ready_replicas",
                                   "status.readyReplicas (replicas that answer requests) of each VLLMDeployment",
                                   labels=labels)
+        # only for objects with spec.autoscaling: the alert on an autoscaler pinned at its bound
+        max_replicas = GaugeMetricFamily("scibox_operator_vllmdeployment_autoscaling_max_replicas",
+                                         "spec.autoscaling.maxReplicas of each autoscaled VLLMDeployment",
+                                         labels=labels)
         for body in vllmds:
             reading = read_deployment(body)
             key = [reading.namespace, reading.name]
@@ -328,6 +333,9 @@ class StateCollector(Collector):
                 phase.add_metric(key + [p], 1.0 if p == reading.phase else 0.0)
             desired.add_metric(key, reading.desired_replicas)
             ready.add_metric(key, reading.ready_replicas)
+            bound = ((body.get("spec") or {}).get("autoscaling") or {}).get("maxReplicas")
+            if bound is not None:
+                max_replicas.add_metric(key, _int(bound, 0))
         failed_pods = GaugeMetricFamily(
             "scibox_operator_model_download_failed_pods",
             "Failed pod attempts of each model download Job that still exists (status.failed)",
@@ -335,7 +343,7 @@ class StateCollector(Collector):
         for job in jobs:
             if is_download_job(job):
                 failed_pods.add_metric(list(_key(job)), _int((job.get("status") or {}).get("failed"), 0))
-        yield from (phase, desired, ready, failed_pods)
+        yield from (phase, desired, ready, max_replicas, failed_pods)
 
 
 _state: dict[str, Any] = {}

@@ -83,7 +83,7 @@ def test_count_by_phase_reports_every_phase_and_skips_objects_being_deleted():
     counts = metrics.count_by_phase([vllmd("a", "Ready"), vllmd("b", "Ready"), vllmd("c", "Failed"),
                                      vllmd("d", None), vllmd("e", "Ready", deleting=True), vllmd("f", "Weird")])
     assert counts == {"Unknown": 2, "Pending": 0, "Downloading": 0, "Deploying": 0, "Ready": 2, "Degraded": 0,
-                      "Stopped": 0, "Failed": 1}
+                      "Stopped": 0, "Failed": 1, "ScaledToZero": 0}
 
 
 def test_every_phase_the_crd_documents_is_exported():
@@ -337,3 +337,13 @@ def test_a_port_in_use_is_logged_not_raised_and_port_zero_disables(caplog):
     busy, disabled, port = asyncio.run(scenario())
     assert busy is None and disabled is None
     assert any(r.levelname == "ERROR" and str(port) in r.getMessage() for r in caplog.records)
+
+
+def test_autoscaled_objects_export_their_max_replicas_and_others_do_not():
+    scaled = vllmd("scaled", "Ready", replicas=2, ready=2)
+    scaled["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 4}
+    registry = CollectorRegistry()
+    metrics.register_state_collector(Store(vllmds=[scaled, vllmd("fixed", "Ready")]), Queue(0), registry=registry)
+    got = {labels: v for (name, labels), v in samples(registry).items()
+           if name == "scibox_operator_vllmdeployment_autoscaling_max_replicas"}
+    assert got == {(("vllmdeployment", "scaled"), ("vllmdeployment_namespace", "ml")): 4}

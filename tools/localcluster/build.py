@@ -41,6 +41,11 @@ class GoTool:
     # -X settings for the linker; part of the cache key, so changing them rebuilds.
     stamps: tuple[str, ...] = ()
     stamp_revision: str = ""
+    # Compile every package in ONE `go build` (shared compilation of a large common module
+    # graph); the binaries are then named after their packages' last path element.
+    one_build: bool = False
+    # Copy the module's own non-local `replace`/`exclude` lines into the wrapper module.
+    restate_replaces: bool = False
 
     @property
     def bin_dir(self) -> Path:
@@ -87,6 +92,12 @@ ACTIONLINT = GoTool("actionlint", ("actionlint",), "github.com/rhysd/actionlint"
                     ("github.com/rhysd/actionlint/cmd/actionlint",),
                     stamps=(f"github.com/rhysd/actionlint.version={versions.ACTIONLINT}",))
 
+# KEDA's operator (all scalers, so its module graph is large) and its metrics adapter (serves
+# external.metrics.k8s.io, asks the operator over gRPC). Built together in one invocation.
+KEDA = GoTool("keda", ("operator", "adapter"), "github.com/kedacore/keda/v2", versions.KEDA,
+              ("github.com/kedacore/keda/v2/cmd/operator", "github.com/kedacore/keda/v2/cmd/adapter"),
+              one_build=True, restate_replaces=True)
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -129,7 +140,7 @@ class RepoGoTool:
 # Loads a kind cluster config with kind's own v1alpha4 API (docs/kind/cluster.yaml's test).
 KINDCHECK = RepoGoTool("kindcheck", ("kindcheck",), "tools/kindcheck")
 
-ALL_TOOLS = (ETCD, KWOK, HELM, KUBERNETES, LWS, ACTIONLINT, KINDCHECK)
+ALL_TOOLS = (ETCD, KWOK, HELM, KUBERNETES, LWS, ACTIONLINT, KINDCHECK, KEDA)
 
 
 def log(msg: str) -> None:
@@ -164,6 +175,17 @@ def staging_replaces(kubernetes_go_mod: str, staging_version: str) -> list[str]:
     return [f"replace {m} => {m} {staging_version}" for m in sorted(set(modules))]
 
 
+def restated_directives(go_mod: str) -> list[str]:
+    """A module's single-line `replace` (to another module, not a local path) and `exclude`
+    directives: they apply only in the main module, so a wrapper must say them again."""
+    lines = []
+    for line in go_mod.splitlines():
+        line = line.split("//")[0].strip()
+        if line.startswith("exclude ") or (line.startswith("replace ") and "=> ." not in line):
+            lines.append(line)
+    return lines
+
+
 def _write_wrapper(tool: GoTool, workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     lines = [f"module scibox.local/build/{tool.name}", "", "go 1.25.0", "",
@@ -172,6 +194,9 @@ def _write_wrapper(tool: GoTool, workdir: Path) -> None:
         (workdir / "go.mod").write_text("\n".join(lines))
         src = module_dir(tool.module, tool.version, workdir)
         lines += staging_replaces((src / "go.mod").read_text(), versions.KUBERNETES_STAGING)
+    elif tool.restate_replaces:
+        (workdir / "go.mod").write_text("\n".join(lines))
+        lines += restated_directives((module_dir(tool.module, tool.version, workdir) / "go.mod").read_text())
     (workdir / "go.mod").write_text("\n".join(lines) + "\n")
     # A blank-import file keeps `go mod tidy` from dropping the requirement.
     imports = "\n".join(f'\t_ "{p}"' for p in tool.packages)
@@ -206,7 +231,13 @@ def _build_locked(tool: GoTool | RepoGoTool) -> Path:
     tmp_out = tool.bin_dir.with_name(tool.bin_dir.name + ".partial")
     shutil.rmtree(tmp_out, ignore_errors=True)
     tmp_out.mkdir(parents=True)
+    if isinstance(tool, GoTool) and tool.one_build:
+        log(f"{tool.name}: compiling {', '.join(tool.binaries)} in one go build")
+        _go(["build", *mod_flags, "-trimpath", f"-ldflags={tool.ldflags}", "-o", str(tmp_out) + "/",
+             *tool.packages], workdir)
     for binary, package in zip(tool.binaries, tool.packages, strict=True):
+        if isinstance(tool, GoTool) and tool.one_build:
+            break
         log(f"{tool.name}: compiling {binary} (minutes on 2 cores for Kubernetes)")
         t0 = time.monotonic()
         _go(["build", *mod_flags, "-trimpath", f"-ldflags={tool.ldflags}", "-o", str(tmp_out / binary), package],

@@ -554,7 +554,23 @@ class Cluster:
             f"--audit-log-path={self.audit_log}",
             "--audit-log-format=json", "--audit-log-maxsize=64", "--audit-log-maxbackup=1",
             "--v=1",
+            *self._aggregation_flags(),
         ]
+
+    def _aggregation_flags(self) -> list[str]:
+        """The aggregation layer (extension API servers such as KEDA's metrics adapter): the
+        front-proxy client certificate the API server proxies with, and the CA an extension
+        server checks it against. Absent from a cluster whose PKI predates them."""
+        p = self.pki_dir
+        if not (p / "front-proxy-ca.crt").is_file():
+            return []
+        return [f"--requestheader-client-ca-file={p / 'front-proxy-ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-username-headers=X-Remote-User",
+                f"--proxy-client-cert-file={p / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={p / 'front-proxy-client.key'}"]
 
     def _write_audit_policy(self) -> Path:
         path = self.state_dir / "audit-policy.json"
@@ -653,6 +669,9 @@ class Cluster:
             "127.0.0.1", "localhost", FIRST_SERVICE_IP, "kubernetes", "kubernetes.default",
             "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"))
         serving.write(d, "apiserver")
+        front_proxy = pki.CertificateAuthority.create("scibox-local-front-proxy-ca")
+        (d / "front-proxy-ca.crt").write_bytes(front_proxy.cert_pem)
+        front_proxy.issue("front-proxy-client").write(d, "front-proxy-client")
         sa_key, sa_pub = pki.service_account_key_pem()
         (d / "sa.key").write_bytes(sa_key)
         (d / "sa.key").chmod(0o600)

@@ -14,3 +14,6 @@ PROMETHEUS_OPERATOR = "v0.85.0"
 LWS = "v0.7.0"
 # The GitHub Actions workflow linter the release tests run on .github/workflows/.
 ACTIONLINT = "v1.7.12"
+# KEDA (event-driven autoscaling): its operator and metrics adapter (the custom/external metrics
+# APIService) for the autoscaling tests. prometheus-adapter is refused by the Go module proxy.
+KEDA = "v2.21.0"

@@ -51,6 +51,15 @@ listed namespace. Each rule says which code sends the verbs. */}}
 - apiGroups: [monitoring.coreos.com]
   resources: [servicemonitors]
   verbs: [get, list, watch, create, patch, delete]
+# spec.autoscaling: a KEDA ScaledObject when KEDA is installed, else an HPA; deleted when the
+# spec drops autoscaling or KEDA appears/goes. Both target the VLLMDeployment's scale
+# subresource, which the autoscaler (not the operator) writes.
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [keda.sh]
+  resources: [scaledobjects]
+  verbs: [get, list, watch, create, patch, delete]
 # Read only: server pods (probe targets) and download pods (their reports). A VLLMGateway's
 # router Role grants list/watch on pods too, which RBAC allows only because the operator holds
 # them itself (it has no escalate or bind).

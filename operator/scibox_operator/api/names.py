@@ -38,7 +38,9 @@ RWX_ANNOTATION = "scibox.io/access-modes"
 # Optional CRDs the operator follows.
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 LEADER_WORKER_SET_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
-WATCHED_CRDS = (SERVICE_MONITOR_CRD, LEADER_WORKER_SET_CRD)
+# KEDA's ScaledObject: when installed, autoscaling renders one instead of a plain HPA.
+SCALED_OBJECT_CRD = "scaledobjects.keda.sh"
+WATCHED_CRDS = (SERVICE_MONITOR_CRD, LEADER_WORKER_SET_CRD, SCALED_OBJECT_CRD)
 LEADER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
 
 # The VLLMGateway: one OpenAI endpoint for many VLLMDeployments, on vLLM's own router.
@@ -59,3 +61,13 @@ ADAPTER_SOURCE_ANNOTATION = "scibox.io/adapter-source"
 # per compile key (render/compile_cache.py), mounted writable at this path in the server pods.
 COMPILE_CACHE_SUBDIR = ".scibox-compile"
 COMPILE_CACHE_MOUNT = "/var/cache/scibox-vllm"
+# Autoscaling (render/autoscaling.py): the API versions and vLLM's own series it scales on.
+KEDA_API_VERSION = "keda.sh/v1alpha1"
+KEDA_PAUSED_SCALE_IN = "autoscaling.keda.sh/paused-scale-in"
+HPA_API_VERSION = "autoscaling/v2"
+METRIC_REQUESTS_WAITING = "vllm:num_requests_waiting"
+METRIC_KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
+METRIC_REQUESTS_FINISHED = "vllm:request_success_total"
+# the operator's own per-object gauges (metrics.py), which the wake trigger reads
+METRIC_DESIRED_REPLICAS = "scibox_operator_vllmdeployment_desired_replicas"
+METRIC_READY_REPLICAS = "scibox_operator_vllmdeployment_ready_replicas"

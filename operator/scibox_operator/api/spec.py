@@ -281,6 +281,57 @@ class Adapter(_Model):
     @property
     def is_pvc(self) -> bool:
         return self.source.startswith("pvc://")
+class AutoscalingTarget(_Model):
+    """What one replica should carry; the autoscaler adds replicas when the average goes above."""
+
+    # vllm:num_requests_waiting per replica (requests queued, not yet scheduled)
+    waiting_requests_per_replica: float | None = Field(default=None, gt=0, le=10000)
+    # vllm:kv_cache_usage_perc averaged over the replicas (0-1)
+    kv_cache_usage: float | None = Field(default=None, gt=0, le=1)
+    # expert: a PromQL query whose value is divided by `queryValue` per replica (KEDA only)
+    query: str | None = Field(default=None, min_length=1, max_length=2048, pattern=_NO_CONTROL_TRIMMED)
+    query_value: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _query_pair(self) -> AutoscalingTarget:
+        if (self.query is None) != (self.query_value is None):
+            raise ValueError("target.query and target.queryValue go together")
+        return self
+
+
+class AutoscalingBehavior(_Model):
+    scale_up_stabilization_seconds: int = Field(default=0, ge=0, le=3600)
+    # a cool-down fit for minute-long model loads: a replica is not dropped on a short lull
+    scale_down_stabilization_seconds: int = Field(default=300, ge=0, le=3600)
+
+
+class ScaleToZero(_Model):
+    idle_seconds: int = Field(ge=30, le=604800)
+
+
+class Autoscaling(_Model):
+    min_replicas: int = Field(default=1, ge=1, le=128)
+    max_replicas: int = Field(ge=1, le=128)
+    target: AutoscalingTarget = AutoscalingTarget()
+    behavior: AutoscalingBehavior = AutoscalingBehavior()
+    scale_to_zero: ScaleToZero | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"autoscaling.minReplicas {self.min_replicas} is above maxReplicas {self.max_replicas}")
+        return self
+
+    @property
+    def waiting_target(self) -> float | None:
+        """Waiting requests per replica; the default signal when no target is named."""
+        t = self.target
+        if t.waiting_requests_per_replica is None and t.kv_cache_usage is None and t.query is None:
+            return DEFAULT_WAITING_REQUESTS_PER_REPLICA
+        return t.waiting_requests_per_replica
+
+
+DEFAULT_WAITING_REQUESTS_PER_REPLICA = 2.0
 
 
 class VLLMDeploymentSpec(_Model):
@@ -338,6 +389,7 @@ class VLLMDeploymentSpec(_Model):
         if errors:
             raise ValueError("; ".join(errors))
         return self
+    autoscaling: Autoscaling | None = None
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,14 @@ from typing import Any
 
 from scibox_operator.api.quantity import parse_quantity
 from scibox_operator.api.spec import VLLMDeployment
-from scibox_operator.planning.serving_plan import DEFAULT_VLLM_IMAGE, ServingPlan
+from scibox_operator.planning.serving_plan import DEFAULT_VLLM_IMAGE, GpuNode, ServingPlan
 from scibox_operator.reconcile.adapters import adapter_download_states, desired_adapter_jobs
+from scibox_operator.reconcile.autoscale import (
+    AutoscalingPrometheus,
+    autoscaler_children,
+    autoscaler_keys,
+    autoscaling_notes,
+)
 from scibox_operator.reconcile.diff import needs_apply, stamped
 from scibox_operator.reconcile.status import CacheState, Failure
 
@@ -61,6 +67,11 @@ class Observed:
     # LoRA: this VLLMDeployment's live adapter download Jobs and their reports, by Job name
     adapter_jobs: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     adapter_reports: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    # autoscaling (reconcile/autoscale.py): KEDA installed?, the GPU inventory for the guard
+    # rail (gathered only for objects that autoscale), where KEDA's triggers query Prometheus
+    scaled_object_crd: bool = False
+    gpu_nodes: tuple[GpuNode, ...] = ()
+    autoscaling_prometheus: AutoscalingPrometheus = AutoscalingPrometheus()
 
     def live(self, kind: str, name: str) -> dict[str, Any] | None:
         return self.children.get((kind, name))
@@ -68,7 +79,8 @@ class Observed:
 
 # What a pass may delete (the chart grants `delete` on exactly these): a failed or changed
 # download Job, the workload kind a plan left, optional children the spec dropped. Never a claim.
-REMOVABLE_KINDS = ("Job", "Deployment", "LeaderWorkerSet", "NetworkPolicy", "ServiceMonitor")
+REMOVABLE_KINDS = ("Job", "Deployment", "LeaderWorkerSet", "NetworkPolicy", "ServiceMonitor",
+                   "HorizontalPodAutoscaler", "ScaledObject")
 
 
 @dataclass(frozen=True)
@@ -92,7 +104,7 @@ def child_keys(vd: VLLMDeployment, plan: ServingPlan) -> tuple[ChildKey, ...]:
     if not vd.spec.model.is_pvc:
         keys.append(("Job", download_job_name(plan)))
     keys += [("Deployment", vd.name), ("LeaderWorkerSet", leader_worker_set_name(vd)), ("Service", vd.name),
-             ("NetworkPolicy", vd.name), ("ServiceMonitor", vd.name)]
+             ("NetworkPolicy", vd.name), ("ServiceMonitor", vd.name), *autoscaler_keys(vd)]
     return tuple(keys)
 
 
@@ -143,6 +155,10 @@ def desired(vd: VLLMDeployment, plan: ServingPlan, observed: Observed) -> Desire
     want("NetworkPolicy", vd.name, render_network_policy(vd, multi_node=plan.multi_node))
     want("ServiceMonitor", vd.name, render_service_monitor(vd)
          if observed.service_monitor_crd and vd.spec.monitoring.service_monitor else None)
+    for kind, name, obj in autoscaler_children(vd, plan, observed.scaled_object_crd, observed.autoscaling_prometheus,
+                                               observed.live(*workload)):
+        want(kind, name, obj)
+    notes.extend(Note(*n) for n in autoscaling_notes(vd, plan, observed.gpu_nodes, keda=observed.scaled_object_crd))
     return Desired(tuple(children), tuple(removals), workload, observed.cache.complete, None, tuple(notes))
 
 
@@ -164,8 +180,12 @@ def _claim_access_modes(vd: VLLMDeployment, claim: dict[str, Any] | None) -> tup
 def pods_mounting_cache(vd: VLLMDeployment, plan: ServingPlan) -> tuple[int, str]:
     """How many server pods may hold the cache volume at the same moment, and why."""
     replicas = vd.spec.replicas
-    pods = replicas * plan.nodes
     why = [f"replicas {replicas}"] if replicas > 1 else []
+    scaling = vd.spec.autoscaling
+    if scaling is not None and scaling.max_replicas > replicas:  # what the autoscaler may ask for
+        replicas = scaling.max_replicas
+        why = [f"autoscaling.maxReplicas {replicas}"] if replicas > 1 else []
+    pods = replicas * plan.nodes
     if plan.multi_node and replicas:
         why.append(f"{plan.nodes} pods per replica on different nodes")
     # A Deployment's RollingUpdate starts the new pod (maxSurge 1) while the old one still holds

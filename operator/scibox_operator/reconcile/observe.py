@@ -8,6 +8,7 @@ from scibox_operator.api.names import ADAPTER_LABEL, RWX_ANNOTATION
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.planning.adapters import adapter_job_name
 from scibox_operator.planning.serving_plan import ServingPlan, cache_claim_name
+from scibox_operator.reconcile.autoscale import AutoscalingPrometheus
 from scibox_operator.reconcile.desired import Observed, child_keys
 from scibox_operator.reconcile.diff import owned_by
 from scibox_operator.reconcile.status import CacheState
@@ -16,7 +17,8 @@ from scibox_operator.runtime.store import Store
 
 
 def observe(store: Store, vd: VLLMDeployment, plan: ServingPlan, *, default_image: str, hub_endpoint: str | None,
-            api_key_digest: str | None = None) -> Observed:
+            api_key_digest: str | None = None,
+            autoscaling_prometheus: AutoscalingPrometheus = AutoscalingPrometheus()) -> Observed:
     """A snapshot of what the store holds for this VLLMDeployment (no I/O)."""
     ns = vd.namespace
     children = {(kind, name): live for kind, name in child_keys(vd, plan)
@@ -44,6 +46,9 @@ def observe(store: Store, vd: VLLMDeployment, plan: ServingPlan, *, default_imag
                     adapter_jobs=adapter_jobs, adapter_reports=adapter_reports,
                     service_monitor_crd=store.service_monitor_crd,
                     leader_worker_set_crd=store.leader_worker_set_crd,
+                    scaled_object_crd=store.scaled_object_crd,
+                    gpu_nodes=tuple(store.gpu_nodes()) if vd.spec.autoscaling is not None else (),
+                    autoscaling_prometheus=autoscaling_prometheus,
                     expandable_storage=expandable, default_image=default_image,
                     hub_endpoint=hub_endpoint, api_key_digest=api_key_digest)
 

@@ -26,6 +26,7 @@ from scibox_operator.config import Settings
 from scibox_operator.planning.serving_plan import PlanFailure, ServingPlan, decide_serving_plan, plan_no_longer_fits
 from scibox_operator.reconcile.adapters import adapter_download_states, adapter_status
 from scibox_operator.reconcile.apply import Applier, conflict_failure
+from scibox_operator.reconcile.autoscale import AutoscalingPrometheus
 from scibox_operator.reconcile.desired import desired
 from scibox_operator.reconcile.last_plan import last_known_plan, plan_inputs
 from scibox_operator.reconcile.observe import cache_shared, observe
@@ -187,7 +188,9 @@ class Controller:
         plan, plan_note = planned
         inputs = plan_inputs(vd)
         observed = observe(self.store, vd, plan, default_image=self.settings.vllm_image,
-                           hub_endpoint=self.settings.hub_endpoint, api_key_digest=await self._api_key_digest(vd))
+                           hub_endpoint=self.settings.hub_endpoint, api_key_digest=await self._api_key_digest(vd),
+                           autoscaling_prometheus=AutoscalingPrometheus(self.settings.autoscaling_prometheus_url,
+                                                                        self.settings.autoscaling_polling_seconds))
         want = desired(vd, plan, observed)
         status_args: dict[str, Any] = dict(current=current_status, now=now, plan=plan, plan_inputs=inputs,
                                            plan_note=plan_note)

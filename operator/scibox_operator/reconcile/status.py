@@ -10,6 +10,12 @@ from scibox_operator.api.conditions import make_condition
 from scibox_operator.api.spec import VLLMDeployment
 from scibox_operator.planning.serving_plan import ServingPlan
 from scibox_operator.readiness.verdicts import ReadinessSummary, summarize_readiness
+from scibox_operator.render.common import SERVER, selector_labels
+
+
+def pod_selector(vd: VLLMDeployment) -> str:
+    """The server pods' label selector as a string, what a scale subresource reports."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(vd, SERVER).items()))
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,7 @@ def compute_status(vd: VLLMDeployment, *, current: dict[str, Any] | None, now: d
         out["endpoint"] = endpoint
     replicas, pods_ready = _replicas(deployment)
     out["replicas"] = replicas
+    out["selector"] = pod_selector(vd)  # the scale subresource's labelSelectorPath (HPA, KEDA)
 
     if failure is not None:
         if plan is None:
@@ -183,7 +190,8 @@ def compute_status(vd: VLLMDeployment, *, current: dict[str, Any] | None, now: d
             ready, status, reason, message = 0, "False", "Loading", f"0/{desired} pods ready: the server is starting"
         conditions.append(cond("Ready", status, reason, message))
     if desired == 0:
-        phase = "Stopped"
+        # the autoscaler took it to zero (scale to zero), not the user
+        phase = "ScaledToZero" if vd.spec.autoscaling is not None else "Stopped"
     elif ready >= desired:
         phase = "Ready"
     elif ready > 0:

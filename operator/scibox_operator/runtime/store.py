@@ -14,6 +14,7 @@ from scibox_operator.api.names import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     OWNER_NAME_LABEL,
+    SCALED_OBJECT_CRD,
     SERVER,
     SERVICE_MONITOR_CRD,
 )
@@ -27,7 +28,7 @@ Key = tuple[str, str]  # (namespace, name)
 
 # The kinds the operator renders, and therefore watches and re-lists (only objects it labelled).
 CHILD_KINDS = ("Deployment", "Service", "Job", "PersistentVolumeClaim", "ServiceMonitor", "LeaderWorkerSet",
-               "NetworkPolicy")
+               "NetworkPolicy", "HorizontalPodAutoscaler", "ScaledObject")
 OURS_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 SERVER_POD_SELECTOR = f"{OURS_SELECTOR},{COMPONENT_LABEL}={SERVER}"
 DOWNLOAD_POD_SELECTOR = f"{OURS_SELECTOR},{COMPONENT_LABEL}={DOWNLOAD}"
@@ -114,6 +115,10 @@ class Store:
     @property
     def service_monitor_crd(self) -> bool:
         return SERVICE_MONITOR_CRD in self.established_crds
+
+    @property
+    def scaled_object_crd(self) -> bool:
+        return SCALED_OBJECT_CRD in self.established_crds
 
     @property
     def leader_worker_set_crd(self) -> bool:

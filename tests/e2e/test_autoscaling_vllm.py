@@ -1,0 +1,252 @@
+"""Autoscaling under real load (issue 22): real vLLM CPU servers on the real-runner node, a real
+Prometheus discovering and scraping them through the API server, KEDA's operator and metrics
+adapter (built from the Go module proxy) behind the aggregation layer, and the
+kube-controller-manager's own HPA controller acting on KEDA's HPA.
+
+One VLLMDeployment of the tiny model, one module, one timeline:
+  load (bounded: N concurrent completions until the second replica serves) -> 1 -> 2 replicas,
+  the second answers, the operator reports 2/2 -> load stops -> back to 1 after the (shortened)
+  stabilization window -> scaleToZero on -> idle -> 0, phase ScaledToZero -> `kubectl scale`
+  wakes it -> Ready=True and a completion answers; no byte of the model downloaded again.
+The timeline is printed as JSON (tests/bench/autoscaling.py prints the same numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.keda import Keda
+from tests.fixtures.operator import OperatorProcess
+from tests.fixtures.prometheus import PrometheusServer
+
+from .conftest import vllmd_body
+
+pytestmark = [pytest.mark.cluster, pytest.mark.vllm, pytest.mark.prometheus, pytest.mark.slow]
+
+NAME = "elastic"
+SERVER = "app.kubernetes.io/component=server"
+SCRAPE_SECONDS = 2
+
+
+def prometheus_config(targets_file: Path, operator: OperatorProcess) -> dict:
+    """Server pods as file_sd targets (Debian's Prometheus has no kubernetes_sd: PodDiscovery
+    writes the file from the API server's pod list), labelled the way Prometheus-Operator labels
+    a ServiceMonitor's series (namespace, service, pod)."""
+    return {
+        "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": f"{SCRAPE_SECONDS}s"},
+        "scrape_configs": [
+            {"job_name": "vllm", "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "1s"}]},
+            {"job_name": "scibox-operator", "static_configs": [{"targets": [f"127.0.0.1:{operator.metrics_port}"]}]},
+        ],
+    }
+
+
+class PodDiscovery:
+    """Every second: the running server pods of the cluster -> Prometheus file_sd targets."""
+
+    def __init__(self, rest, path: Path):
+        self.rest, self.path = rest, path
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.path.write_text("[]")
+
+    def _run(self) -> None:
+        while not self.stop_event.wait(1.0):
+            try:
+                pods = self.rest.get(f"/api/v1/pods?labelSelector={SERVER}")["items"]
+            except Exception:  # noqa: BLE001 - a busy API server: try again next second
+                continue
+            groups = [{"targets": [f"{p['status']['podIP']}:8000"],
+                       "labels": {"namespace": p["metadata"]["namespace"], "pod": p["metadata"]["name"],
+                                  "service": p["metadata"]["labels"].get("app.kubernetes.io/instance", "")}}
+                      for p in pods if (p.get("status") or {}).get("podIP") and p["status"].get("phase") == "Running"]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(groups))
+            tmp.replace(self.path)
+
+    def start(self) -> PodDiscovery:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+
+
+def complete(ip: str, model: str, tokens: int = 48, timeout: float = 600) -> str:
+    req = urllib.request.Request(f"http://{ip}:8000/v1/completions", method="POST",
+                                 headers={"Content-Type": "application/json"},
+                                 data=json.dumps({"model": model, "prompt": "hello " * 8, "max_tokens": tokens,
+                                                  "ignore_eos": True}).encode())
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())["choices"][0]["text"]
+
+
+class Load:
+    """N concurrent completion loops against one pod until stopped (and never longer than
+    `limit` seconds): bounded load on loopback."""
+
+    def __init__(self, ip: str, model: str, workers: int = 6, limit: float = 900):
+        self.ip, self.model, self.limit = ip, model, limit
+        self.stop_event = threading.Event()
+        self.done = 0
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self.stop_event.is_set() and time.monotonic() - started < self.limit:
+            try:
+                complete(self.ip, self.model)
+                self.done += 1
+            except OSError:
+                time.sleep(0.5)
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=150)
+
+
+@pytest.fixture(scope="module")
+def stack(e2e_cluster, hub_mirror, tmp_path_factory):
+    """KEDA, the operator (KEDA's triggers pointed at the test Prometheus) and Prometheus."""
+    cluster = e2e_cluster.cluster
+    work = tmp_path_factory.mktemp("autoscaling")
+    keda = Keda(cluster, work / "keda")
+    try:
+        keda.start()
+    except BaseException:
+        keda.stop()
+        raise
+    operator = OperatorProcess(Path(cluster.kubeconfig), work / "operator", hub_endpoint=hub_mirror.endpoint,
+                               extra_env={"SCIBOX_AUTOSCALING_POLLING_SECONDS": str(SCRAPE_SECONDS)})
+    (work / "prometheus").mkdir()
+    discovery = PodDiscovery(cluster.rest, work / "prometheus" / "targets.json").start()
+    prom = PrometheusServer(prometheus_config(work / "prometheus" / "targets.json", operator), work / "prometheus")
+    operator.extra_env["SCIBOX_AUTOSCALING_PROMETHEUS_URL"] = prom.url
+    try:
+        prom.start()
+        operator.start()
+    except BaseException:
+        prom.stop()
+        discovery.stop()
+        keda.stop()
+        raise
+    e2e_cluster.operator = operator
+    cluster.kubectl("apply", "-f", "-", input="""
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: local-rwx
+  annotations:
+    scibox.io/access-modes: ReadWriteOnce,ReadWriteMany
+provisioner: scibox.io/local-path
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+""")
+    try:
+        yield {"keda": keda, "operator": operator, "prometheus": prom}
+    finally:
+        e2e_cluster.operator = None
+        operator.stop()
+        prom.stop()
+        discovery.stop()
+        keda.stop()
+
+
+def serving_pods(e2e, ns: str) -> list[dict]:
+    return [p for p in e2e.pods(ns, SERVER) if not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("podIP")
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])]
+
+
+@pytest.mark.timeout(2400)  # three vLLM cold starts: several minutes each on 2 busy cores
+def test_load_scales_1_to_2_and_back_then_idle_to_zero_and_a_wake(e2e_cluster, e2e_namespace, stack):
+    e2e, ns = e2e_cluster, e2e_namespace
+    body = vllmd_body(NAME, "scibox/tiny-llama", None)
+    body["spec"]["cache"].update(storageClassName="local-rwx", accessMode="ReadWriteMany")
+    body["spec"]["engine"] = {"maxNumSeqs": 1}  # concurrent requests queue: vllm:num_requests_waiting
+    body["spec"].pop("replicas", None)
+    # The tiny model answers in milliseconds: its queue is empty at most scrape instants (seen:
+    # 0 waiting at 10 completions/s, 5 at most over 10 minutes), so the test scales on the
+    # expert target, a PromQL rate of finished requests, which a bounded load holds steady.
+    rate = f'sum(rate(vllm:request_success_total{{namespace="{ns}",service="{NAME}"}}[30s]))'
+    body["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 2,
+                                   "target": {"query": rate, "queryValue": 2},
+                                   "behavior": {"scaleUpStabilizationSeconds": 0,
+                                                # a server starved by a neighbour's cold start
+                                                # answers in bursts: 120 s rides out the lulls
+                                                "scaleDownStabilizationSeconds": 120}}
+    e2e.cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(body))
+    t: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    def ready(n: int):
+        vd = e2e.vllmd(ns, NAME) or {}
+        st = vd.get("status") or {}
+        return vd if st.get("readyReplicas") == n and vd["spec"].get("replicas") == n and st.get("phase") == "Ready" \
+            else None
+
+    e2e.wait_for("1/1 Ready", lambda: ready(1), timeout=900, ns=ns)
+    t["first_ready_s"] = time.monotonic() - t0
+    so = e2e.rest.get(f"/apis/keda.sh/v1alpha1/namespaces/{ns}/scaledobjects/{NAME}")
+    assert so["spec"]["minReplicaCount"] == 1
+    first = e2e.wait_for("a Ready pod", lambda: serving_pods(e2e, ns), timeout=120, ns=ns)[0]
+    ip = first["status"]["podIP"]
+    downloads_before = len(e2e.pods(ns, "app.kubernetes.io/component=model-download"))
+
+    with Load(ip, NAME) as load:
+        start = time.monotonic()
+        e2e.wait_for("KEDA's HPA asks for 2", lambda: (e2e.vllmd(ns, NAME) or {}).get("spec", {}).get("replicas") == 2,
+                     timeout=300, ns=ns)
+        t["load_to_scale_decision_s"] = time.monotonic() - start
+        e2e.wait_for("2/2 Ready", lambda: ready(2), timeout=900, ns=ns)
+        t["load_to_second_replica_ready_s"] = time.monotonic() - start
+        second = e2e.wait_for("the second pod Ready", lambda: [p for p in serving_pods(e2e, ns)
+                                                                if p["metadata"]["name"] != first["metadata"]["name"]],
+                              timeout=120, ns=ns)[0]
+        assert complete(second["status"]["podIP"], NAME, tokens=4)  # the second replica serves
+        t["load_to_second_replica_serving_s"] = time.monotonic() - start
+    stopped = time.monotonic()
+    assert load.done > 0
+    hpa = e2e.rest.get(f"/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/keda-hpa-{NAME}")
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "VLLMDeployment"
+    e2e.wait_for("back to 1 after the stabilization window", lambda: ready(1), timeout=600, ns=ns)
+    t["load_stop_to_1_replica_s"] = time.monotonic() - stopped
+
+    # Scale to zero: on, then idle.
+    body["spec"]["autoscaling"]["scaleToZero"] = {"idleSeconds": 30}
+    e2e.cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(body))
+    idle = time.monotonic()
+
+    def zero():
+        vd = e2e.vllmd(ns, NAME) or {}
+        ready_cond = next((c for c in (vd.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
+        return vd if vd.get("spec", {}).get("replicas") == 0 and vd["status"].get("phase") == "ScaledToZero" \
+            and ready_cond.get("reason") == "ScaledToZero" and not e2e.pods(ns, SERVER) else None
+
+    vd = e2e.wait_for("scaled to zero when idle", zero, timeout=600, ns=ns)
+    t["idle_to_zero_s"] = time.monotonic() - idle
+    assert next(c for c in vd["status"]["conditions"] if c["type"] == "Ready")["status"] == "False"
+
+    # Wake: kubectl scale from 0 (the gateway's counter does the same through the scale subresource).
+    wake = time.monotonic()
+    e2e.cluster.kubectl("scale", "vllmd", NAME, "-n", ns, "--replicas=1")
+    e2e.wait_for("awake: 1/1 Ready", lambda: ready(1), timeout=900, ns=ns)
+    pod = e2e.wait_for("a Ready pod", lambda: serving_pods(e2e, ns), timeout=120, ns=ns)[0]
+    assert complete(pod["status"]["podIP"], NAME, tokens=4)
+    t["wake_to_first_completion_s"] = time.monotonic() - wake
+    # the cache stayed: no download pod ran again
+    assert len(e2e.pods(ns, "app.kubernetes.io/component=model-download")) == downloads_before
+    print("\nautoscaling timeline " + json.dumps({k: round(v, 1) for k, v in t.items()}))
