@@ -157,7 +157,14 @@ def test_a_wake_from_zero_pauses_kedas_scale_in_until_a_replica_is_ready_and_the
                     if c["kind"] == "ScaledObject")
     assert so(0)["metadata"]["annotations"][KEDA_PAUSED_SCALE_IN] == "true"
     assert KEDA_PAUSED_SCALE_IN not in (so(1)["metadata"].get("annotations") or {})
+    # at zero the pause is already on (it cannot hold anything in there), so a wake is never
+    # undone by a KEDA poll before the operator has seen it
     idle = vd_of({"maxReplicas": 2, "scaleToZero": {"idleSeconds": 30}}, replicas=0)
     child = next(c for c in desired(idle, plan_of(idle), observed(scaled_object_crd=True)).children
+                 if c["kind"] == "ScaledObject")
+    assert child["metadata"]["annotations"][KEDA_PAUSED_SCALE_IN] == "true"
+    # without scaleToZero there is nothing to pause
+    plain = vd_of({"maxReplicas": 2}, replicas=1)
+    child = next(c for c in desired(plain, plan_of(plain), observed(scaled_object_crd=True)).children
                  if c["kind"] == "ScaledObject")
     assert KEDA_PAUSED_SCALE_IN not in (child["metadata"].get("annotations") or {})

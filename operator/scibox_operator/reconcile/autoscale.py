@@ -46,7 +46,10 @@ def autoscaler_children(vd: VLLMDeployment, plan: ServingPlan, keda: bool, prome
     `workload`: the live Deployment, whose ready replicas say whether a wake is under way."""
     on = vd.spec.autoscaling is not None
     ready = int(((workload or {}).get("status") or {}).get("readyReplicas") or 0)
-    waking = vd.spec.replicas > 0 and ready == 0
+    # No replica ready, at zero too: a wake (`kubectl scale` from 0) then finds KEDA's scale-in
+    # already paused; paused only once the operator saw the wake, KEDA's next poll (its triggers
+    # a scrape behind) could take the replicas back to zero first.
+    waking = ready == 0
     yield ("ScaledObject", scaled_object_name(vd),
            render_scaled_object(vd, server_address=prometheus.server_address,
                                 polling_seconds=prometheus.polling_seconds, waking=waking) if on and keda else None)
