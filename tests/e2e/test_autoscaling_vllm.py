@@ -90,10 +90,13 @@ def complete(ip: str, model: str, tokens: int = 48, timeout: float = 600) -> str
 
 class Load:
     """N concurrent completion loops against one pod until stopped (and never longer than
-    `limit` seconds): bounded load on loopback."""
+    `limit` seconds), each pausing `pause` seconds between requests: bounded load on loopback.
+    Paced, because an unpaced loop keeps the first vLLM busy on both cores (the tiny model
+    answers ~30 completions/s): the second replica's cold start then barely got the CPU."""
 
-    def __init__(self, ip: str, model: str, workers: int = 2, limit: float = 900, tokens: int = 16):
-        self.ip, self.model, self.limit, self.tokens = ip, model, limit, tokens
+    def __init__(self, ip: str, model: str, workers: int = 2, limit: float = 900, tokens: int = 16,
+                 pause: float = 1.0):
+        self.ip, self.model, self.limit, self.tokens, self.pause = ip, model, limit, tokens, pause
         self.stop_event = threading.Event()
         self.done = 0
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
@@ -105,7 +108,8 @@ class Load:
                 complete(self.ip, self.model, tokens=self.tokens)
                 self.done += 1
             except OSError:
-                time.sleep(0.5)
+                pass
+            self.stop_event.wait(self.pause)
 
     def __enter__(self) -> Load:
         for t in self.threads:
@@ -181,9 +185,9 @@ def test_load_scales_1_to_2_and_back_then_idle_to_zero_and_a_wake(e2e_cluster, e
     # The tiny model answers in milliseconds: its queue is empty at most scrape instants (seen:
     # 0 waiting at 10 completions/s, 5 at most over 10 minutes), so the test scales on the
     # expert target, a PromQL rate of finished requests, which a bounded load holds steady.
-    # One replica carries 0.25 requests/s: two load workers (several requests/s even on a busy
-    # machine) ask for 2, an idle model for 1; the operator's one probe completion per new pod
-    # (1/20 s over the window) stays below it.
+    # One replica carries 0.25 requests/s: two paced load workers (~2 requests/s) ask for 2
+    # (the most), an idle model for 1; the operator's one probe completion per new pod (1/20 s
+    # over the window) stays below it.
     rate = f'sum(rate(vllm:request_success_total{{namespace="{ns}",service="{NAME}"}}[20s]))'
     body["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 2,
                                    "target": {"query": rate, "queryValue": 0.25},

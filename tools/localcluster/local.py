@@ -426,7 +426,11 @@ class Cluster:
         # Add-ons first: they are clients of the apiserver, and a webhook server must not
         # outlive the state dir that holds its certificates.
         for process in self.addon_processes():
-            self._stop(process)
+            self._stop(process, RUNNER_STOP_GRACE_S if process.startswith(RUNNER_PREFIX) else None)
+        # A runner killed before it had stopped its pods (their processes ignoring SIGTERM
+        # past the grace) leaves them running: none outlives the cluster.
+        from .runner import kill_leftovers
+        kill_leftovers(self.state_dir)
         for process in reversed(PROCESSES):
             self._stop(process)
         # Processes that are not ours (a different state dir on the command line) are never

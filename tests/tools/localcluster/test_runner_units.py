@@ -375,3 +375,22 @@ def test_a_pod_ip_another_runner_on_this_host_listens_on_is_skipped():
         taken.listen()
         assert "127.200.250.2" in listening_addresses()
         assert allocate_ip(listening_addresses(), "127.200.250.0/29") == "127.200.250.3"
+
+
+def test_cluster_down_kills_what_a_killed_runner_left_running(tmp_path):
+    """A pod process whose runner was killed before it had stopped it dies with the cluster."""
+    import subprocess
+
+    from tools.localcluster.local import Cluster
+
+    state = tmp_path / "c"
+    (state / "pids").mkdir(parents=True)
+    env = {runner.MARK_STATE: str(state), runner.MARK_NODE: "n", runner.MARK_POD: "uid-1", "PATH": "/usr/bin"}
+    child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                              "signal.SIG_IGN); time.sleep(60)"], env=env)
+    try:
+        Cluster(name="c", state_dir=state).down()
+        assert child.wait(timeout=10) == -9
+        assert not state.exists()
+    finally:
+        child.kill()
