@@ -45,16 +45,17 @@ def probe(reason: str, url: str = "http://127.100.0.1:8000"):
                        base_url=url)
 
 
-def with_status(replicas: int = 1, *, generation: int = 1, **kwargs) -> dict:
+def with_status(replicas: int = 1, *, generation: int = 1, spec: dict | None = None, **kwargs) -> dict:
     from scibox_operator.api.spec import parse
     from scibox_operator.reconcile.status import compute_status
 
     obj = body(replicas, generation)
+    obj["spec"].update(spec or {})
     obj["status"] = compute_status(parse(obj), current=None, now=NOW, **kwargs)
     return obj
 
 
-def deployed(replicas: int, reasons: list[str], *, updated: int | None = None) -> dict:
+def deployed(replicas: int, reasons: list[str], *, updated: int | None = None, spec: dict | None = None) -> dict:
     """`updated`: replicas on the current template (all of them unless a rollout is under way)."""
     from scibox_operator.readiness.verdicts import summarize_readiness
     from scibox_operator.reconcile.status import CacheState
@@ -65,7 +66,8 @@ def deployed(replicas: int, reasons: list[str], *, updated: int | None = None) -
                   "status": {"observedGeneration": 2, "replicas": replicas + (replicas - updated),
                              "readyReplicas": replicas, "updatedReplicas": updated}}
     return with_status(replicas, plan=plan(), cache=CacheState(True, reason="Downloaded", message="done"),
-                       deployment=deployment, readiness=summarize_readiness(results, replicas), probing=True)
+                       deployment=deployment, readiness=summarize_readiness(results, replicas), probing=True,
+                       spec=spec)
 
 
 def cache(**state) -> dict:
@@ -101,6 +103,10 @@ CASES = {
     "scaling-up": (lambda: deployed(2, ["Serving", "Loading"]), "Progressing", "Degraded"),
     "one-replica-crashed": (lambda: deployed(3, ["Serving", "EngineDown", "Loading"]), "Degraded", "Degraded"),
     "scaled-to-zero": (lambda: deployed(0, []), "Healthy", "Stopped"),
+    # the autoscaler stopped an idle model: nothing is wrong, it wakes on demand
+    "idle-scaled-to-zero": (lambda: deployed(0, [], spec={"autoscaling": {"maxReplicas": 2,
+                                                                          "scaleToZero": {"idleSeconds": 60}}}),
+                            "Suspended", "ScaledToZero"),
 }
 
 
