@@ -168,6 +168,9 @@ volumeBindingMode: Immediate
         prom.stop()
         discovery.stop()
         keda.stop()
+        # nothing of this module's stays for the session's other tests (the cluster may be theirs)
+        keda.uninstall()
+        cluster.kubectl("delete", "storageclass", "local-rwx", "--ignore-not-found")
 
 
 def serving_pods(e2e, ns: str) -> list[dict]:
