@@ -28,6 +28,9 @@ class Settings:
     secret_ttl: float = 60.0
     # The VLLMGateway router image (images/router): SCIBOX_ROUTER_IMAGE, else the release's.
     router_image: str = release.ROUTER_IMAGE
+    # At most this many VLLMDeployments roll at a time when the operator's own rendering (not
+    # their spec) changed their pod template, e.g. after an upgrade with a new default image.
+    max_operator_rollouts: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -40,4 +43,5 @@ class Settings:
             forbid_trust_remote_code=_flag(env.get("SCIBOX_FORBID_TRUST_REMOTE_CODE", "")),
             secret_ttl=float(env.get("SCIBOX_SECRET_TTL_SECONDS", "60")),
             router_image=env.get("SCIBOX_ROUTER_IMAGE") or release.ROUTER_IMAGE,
+            max_operator_rollouts=max(1, int(env.get("SCIBOX_MAX_OPERATOR_ROLLOUTS", "1"))),
         )

@@ -59,3 +59,13 @@ ADAPTER_SOURCE_ANNOTATION = "scibox.io/adapter-source"
 # per compile key (render/compile_cache.py), mounted writable at this path in the server pods.
 COMPILE_CACHE_SUBDIR = ".scibox-compile"
 COMPILE_CACHE_MOUNT = "/var/cache/scibox-vllm"
+
+# Safe rollouts (reconcile/rollout.py), on the workload (Deployment / LeaderWorkerSet) the
+# VLLMDeployment owns, so they survive operator restarts. JSON values.
+# The rollout under way or last finished: target template digest, strategy, cause, start time.
+ROLLOUT_ANNOTATION = "scibox.io/rollout"
+# The last pod template that served (digest and body): what a failed rollout returns to.
+LAST_GOOD_TEMPLATE_ANNOTATION = "scibox.io/last-good-template"
+# A template that could not become ready (digest, generation, reason): not retried until the
+# spec renders another one.
+FAILED_TEMPLATE_ANNOTATION = "scibox.io/failed-template"
