@@ -146,6 +146,9 @@ class RolloutInputs:
     rolling: tuple[str, ...] = ()  # VLLMDeployments holding one
     limit: int = 1
     api_key_digest: str | None = None
+    # change_inputs() of the last pass (status.rollout.inputs): a spec edit that keeps the template
+    # is recorded there, not on the workload, whose annotations count as its spec
+    kept_inputs: str | None = None
     may_surge: bool = True  # False: the cache volume cannot take one more pod
 
 
@@ -283,7 +286,7 @@ def decide_rollout(vd: VLLMDeployment, plan: ServingPlan, rendered: dict[str, An
     failed = _annotation(live, FAILED_TEMPLATE_ANNOTATION)
     if failed is not None and failed.get("template") != target:
         failed = None  # the spec renders another template now: that one gets its chance
-    status: dict[str, Any] = {"targetTemplate": target}
+    status: dict[str, Any] = {"targetTemplate": target, "inputs": change}
 
     def build(template: Mapping[str, Any], record: dict[str, Any], last_good: dict[str, Any] | None,
               failure: dict[str, Any] | None) -> dict[str, Any]:
@@ -330,8 +333,6 @@ def decide_rollout(vd: VLLMDeployment, plan: ServingPlan, rendered: dict[str, An
     if current is not None and current.get("template") == target:
         record = dict(current)
         strategy = str(record.get("strategy") or "Recreate")
-        if record.get("inputs") != change:
-            record["inputs"] = change  # e.g. a spec edit that renders the same template
         cause = str(record.get("cause") or CAUSE_SPEC)
         status.update(strategy=strategy, cause=cause)
         new, old, counted = counts_message()
@@ -382,7 +383,10 @@ def decide_rollout(vd: VLLMDeployment, plan: ServingPlan, rendered: dict[str, An
                               status, cause, "Rolling", requeue)
 
     # 2. A new template for a live workload: a rollout starts.
-    cause = CAUSE_OPERATOR if current is None or current.get("inputs") == change else CAUSE_SPEC
+    # Operator-caused: nothing a spec, Secret or plan change moves differs from the last pass (or
+    # from when the serving template was applied).
+    cause = CAUSE_OPERATOR if current is None or change in (current.get("inputs"), inputs.kept_inputs) \
+        else CAUSE_SPEC
     if current is not None and current.get("cause") == CAUSE_CREATE and current.get("template") != target \
             and rollout_condition(replicas, live, True)[0] != "True" and cause == CAUSE_OPERATOR:
         cause = CAUSE_SPEC  # still being created: nothing serves that a slot would protect

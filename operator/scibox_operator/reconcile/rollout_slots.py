@@ -104,4 +104,5 @@ def rollout_inputs(store: Store, vd: VLLMDeployment, plan: ServingPlan, *, slots
     return RolloutInputs(capacity=capacity(vd, plan, store.gpu_nodes(), store.gpus_by_node, store.node_labels), now=now,
                          pods=tuple(store.server_pods(key)), announced=str(announced) if announced else None,
                          completed=str(completed) if completed else None,
-                         slot=slot, queue=queue, rolling=rolling, limit=slots.limit, api_key_digest=api_key_digest)
+                         slot=slot, queue=queue, rolling=rolling, limit=slots.limit, api_key_digest=api_key_digest,
+                         kept_inputs=str(kept["inputs"]) if kept.get("inputs") else None)

@@ -196,3 +196,25 @@ def test_leader_worker_sets_roll_with_their_own_fields():
     explicit = vd_of(strategy="RollingUpdate", maxSurge=2, maxUnavailable=1)
     assert strategy_fields("Deployment", "RollingUpdate", explicit)["strategy"]["rollingUpdate"] == {
         "maxSurge": 2, "maxUnavailable": 1}
+
+
+def test_a_spec_edit_that_keeps_the_template_writes_nothing_on_the_workload_and_upgrades_still_queue():
+    """A Deployment's annotations count as its spec (a write bumps its generation): a spec edit
+    that renders the same template (e.g. a LoRA adapter added) leaves them as they are; what it
+    moved is kept in status.rollout.inputs, so the operator's next own change still queues."""
+    v1 = vd_of()
+    live = served(v1)
+    v2 = vd_of(generation=2)  # same template, another generation
+    same = decide(v2, live, capacity=free(8))
+    assert same.state == "Done"
+    assert same.workload["metadata"]["annotations"] == live["metadata"]["annotations"]
+    assert same.status["inputs"] != decide(v1, live, capacity=free(8)).status["inputs"]
+    upgrade = decide_rollout(v2, plan_of(v2), render_deployment(v2, ServingPlan(
+        2, 1, 2, "test", cache_claim_name(v2, True), True, "1Gi", "img:2", 1, gpu_product="H100")), live,
+        RolloutInputs(now=NOW, capacity=free(8), slot=False, kept_inputs=same.status["inputs"]))
+    assert upgrade.state == "Queued" and upgrade.workload is None
+    # without the kept inputs the same change would pass for a spec edit (the old behaviour's gap)
+    unknown = decide_rollout(v2, plan_of(v2), render_deployment(v2, ServingPlan(
+        2, 1, 2, "test", cache_claim_name(v2, True), True, "1Gi", "img:2", 1, gpu_product="H100")), live,
+        RolloutInputs(now=NOW, capacity=free(8), slot=False))
+    assert unknown.state == "Rolling"
