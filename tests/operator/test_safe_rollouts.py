@@ -50,9 +50,11 @@ def settled(cluster, ns: str, name: str, replicas: int, value: str) -> None:
 
 
 def strategies(t: Timeline) -> set[str]:
-    """The strategies status named from the new rollout on (the first samples may still show
-    the previous, finished one)."""
-    first = next(i for i, s in enumerate(t.samples) if s["progressing"] == "RollingOut")
+    """The strategies status named from the new rollout on. The first samples may still show
+    the previous, finished one; on kwok a rollout can also finish between two samples, so the
+    new one begins at the first sample that is not the old template fully rolled out."""
+    first = next(i for i, s in enumerate(t.samples)
+                 if s["progressing"] != "RolledOut" or s["ready_new"] or s["pods"] != s["ready_old"])
     return {s["strategy"] for s in t.samples[first:]}
 
 
