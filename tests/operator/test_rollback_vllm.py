@@ -20,15 +20,24 @@ from .rollout_timeline import API, Timeline, server_pods
 
 pytestmark = [pytest.mark.cluster, pytest.mark.vllm, pytest.mark.slow]
 
-REAL_NODE = "real-node-0"
+REAL_NODE = "rollback-node"
 BAD_FLAG = "--scibox-no-such-flag"
 
 
 @pytest.fixture
-def real_node(cluster):
+def real_node(cluster, namespace):
+    """A runner node of this test's own (2 GPUs: room for one surge pod of a 1-GPU replica).
+    Its pods are gone before the runner stops, so no pod is left bound to a node that can no
+    longer confirm its deletion (holding GPUs that later tests count)."""
     cluster.start_runner(REAL_NODE, gpus=2)
     yield REAL_NODE
-    cluster.stop_runner(REAL_NODE)
+    cluster.kubectl("delete", "vllmd", "--all", "-n", namespace, "--wait=false")
+    try:
+        wait_for(lambda: not [p for p in cluster.rest.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+                              if p["spec"].get("nodeName") == REAL_NODE], timeout=120, interval=1,
+                 what=f"this test's pods gone from {REAL_NODE}")
+    finally:
+        cluster.stop_runner(REAL_NODE)
 
 
 def has_bad_flag(pod: dict) -> bool:
@@ -36,10 +45,14 @@ def has_bad_flag(pod: dict) -> bool:
 
 
 def test_a_template_vllm_refuses_rolls_back_to_the_last_good_one_and_is_not_retried(
-        cluster, operator, hub_mirror, namespace, real_node):
+        cluster, operator, hub_mirror, namespace, real_node, rwx_storage_class):
     rest = cluster.rest
     name = "rb"
     good = vllmd_body(name, "scibox/tiny-llama", hub_mirror.endpoint)
+    # Its own node, and a cache volume a surge pod may mount beside the serving one (a
+    # ReadWriteOnce claim gets no surge: a pod on another node could not attach it).
+    good["spec"]["nodeSelector"] = {"kubernetes.io/hostname": real_node}
+    good["spec"]["cache"]["storageClassName"] = rwx_storage_class
     good["spec"]["rollout"] = {"startupTimeoutSeconds": 600}
     apply(cluster, namespace, good)
     vd_path = f"{API}/namespaces/{namespace}/vllmdeployments/{name}"

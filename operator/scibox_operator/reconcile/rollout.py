@@ -150,6 +150,10 @@ class RolloutInputs:
     # is recorded there, not on the workload, whose annotations count as its spec
     kept_inputs: str | None = None
     may_surge: bool = True  # False: the cache volume cannot take one more pod
+    # The operator's own prober count (status.readyReplicas): it can say Serving a probe period
+    # before the workload controller counts the pod ready; an edit in that gap still has a
+    # template that served to return to.
+    prober_ready: int = 0
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,16 @@ def crash_reason(pods: tuple[dict[str, Any], ...]) -> str | None:
                        f"{', restarts ' + str(cs.get('restartCount')) if cs.get('restartCount') else ''}" \
                        f"{': ' + tail if tail else ''}"
     return None
+
+
+def _serves_only_its_template(live: Mapping[str, Any] | None, prober_ready: int) -> bool:
+    """The live workload's controller has seen its template, runs no replica of another one,
+    and the prober found at least one of them serving."""
+    status = (live or {}).get("status") or {}
+    generation = int(((live or {}).get("metadata") or {}).get("generation") or 0)
+    seen = status.get("observedGeneration")
+    replicas, updated = int(status.get("replicas") or 0), int(status.get("updatedReplicas") or 0)
+    return prober_ready >= 1 and seen is not None and int(seen) >= generation and 0 < replicas == updated
 
 
 def _appliable(template: Mapping[str, Any]) -> dict[str, Any]:
@@ -391,6 +405,8 @@ def decide_rollout(vd: VLLMDeployment, plan: ServingPlan, rendered: dict[str, An
             and rollout_condition(replicas, live, True)[0] != "True" and cause == CAUSE_OPERATOR:
         cause = CAUSE_SPEC  # still being created: nothing serves that a slot would protect
     status.update(cause=cause)
+    if inputs.completed is not None:
+        status["completedTemplate"] = inputs.completed  # what served, kept while announced or queued
     if cause == CAUSE_OPERATOR and not inputs.slot:
         me = f"{vd.namespace}/{vd.name}"
         position = inputs.queue.index(me) + 1 if me in inputs.queue else len(inputs.queue) + 1
@@ -406,7 +422,8 @@ def decide_rollout(vd: VLLMDeployment, plan: ServingPlan, rendered: dict[str, An
     # What serves now is what a failure of this rollout returns to (taken before it starts:
     # the live template as it is, server defaults included).
     serving = (current or {}).get("template") or template_digest(live_template)
-    if inputs.completed == serving or rollout_condition(replicas, live, True)[0] == "True":
+    if inputs.completed == serving or rollout_condition(replicas, live, True)[0] == "True" \
+            or _serves_only_its_template(live, inputs.prober_ready):
         good = {"template": serving, "body": _appliable(live_template)}
     if missing is not None and strategy == "Recreate" and replicas > 0 and inputs.announced != target:
         # Said before the first pod goes: the next pass applies it.

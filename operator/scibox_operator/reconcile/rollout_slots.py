@@ -105,4 +105,5 @@ def rollout_inputs(store: Store, vd: VLLMDeployment, plan: ServingPlan, *, slots
                          pods=tuple(store.server_pods(key)), announced=str(announced) if announced else None,
                          completed=str(completed) if completed else None,
                          slot=slot, queue=queue, rolling=rolling, limit=slots.limit, api_key_digest=api_key_digest,
-                         kept_inputs=str(kept["inputs"]) if kept.get("inputs") else None)
+                         kept_inputs=str(kept["inputs"]) if kept.get("inputs") else None,
+                         prober_ready=int(current_status.get("readyReplicas") or 0))

@@ -218,3 +218,41 @@ def test_a_spec_edit_that_keeps_the_template_writes_nothing_on_the_workload_and_
         2, 1, 2, "test", cache_claim_name(v2, True), True, "1Gi", "img:2", 1, gpu_product="H100")), live,
         RolloutInputs(now=NOW, capacity=free(8), slot=False))
     assert unknown.state == "Rolling"
+
+
+def test_a_template_the_prober_saw_serving_is_kept_before_the_workload_controller_counts_it_ready():
+    # The prober said Serving a probe period before the pod's Ready condition: an edit in that
+    # gap still has a template to return to. Without the prober's word it has none.
+    v1, v2 = vd_of(replicas=1), vd_of(generation=2, replicas=1, env="v2")
+    live = served(v1)
+    live["status"]["readyReplicas"] = 0
+    blind = decide(v2, live, capacity=free(2))
+    assert LAST_GOOD_TEMPLATE_ANNOTATION not in blind.workload["metadata"]["annotations"]
+    seen = decide(v2, live, capacity=free(2), prober_ready=1)
+    kept = json.loads(seen.workload["metadata"]["annotations"][LAST_GOOD_TEMPLATE_ANNOTATION])
+    assert kept["body"] == live["spec"]["template"]
+    # Old replicas still running: the prober's count may be theirs, so it proves nothing.
+    live["status"].update(replicas=2, updatedReplicas=1)
+    assert LAST_GOOD_TEMPLATE_ANNOTATION not in decide(v2, live, capacity=free(2), prober_ready=1) \
+        .workload["metadata"]["annotations"]
+
+
+def test_an_announced_recreate_keeps_what_served_and_rolls_back_to_it():
+    v1 = vd_of(replicas=1, startupTimeoutSeconds=60)
+    v2 = vd_of(generation=2, replicas=1, env="v2", startupTimeoutSeconds=60)
+    live = served(v1)
+    live["status"]["readyReplicas"] = 0  # kube's readiness lags; status remembers the completion
+    first = served(v1)
+    done = decide(v1, first, capacity=free(0))
+    completed = done.status["completedTemplate"]
+    announce = decide(v2, live, capacity=free(0), may_surge=False, completed=completed)
+    assert announce.state == "Announcing" and announce.workload is None
+    assert announce.status["completedTemplate"] == completed  # the announce pass's status keeps it
+    going = decide(v2, live, capacity=free(0), may_surge=False, completed=completed,
+                   announced=announce.status["announcedRecreate"])
+    assert going.state == "Rolling" and going.workload["spec"]["strategy"] == {"type": "Recreate"}
+    rolling = copy.deepcopy(going.workload)
+    rolling["metadata"]["generation"] = 2
+    rolling["status"] = {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 0}
+    back = decide(v2, rolling, capacity=free(0), may_surge=False, now=NOW + timedelta(seconds=61))
+    assert back.state == "RolledBack" and back.workload["spec"]["template"] == live["spec"]["template"]
