@@ -85,7 +85,9 @@ def test_a_template_vllm_refuses_rolls_back_to_the_last_good_one_and_is_not_retr
     assert "exit code" in failed["reason"] and BAD_FLAG in failed["reason"], failed["reason"]
     progressing = next(c for c in vd["status"]["conditions"] if c["type"] == "Progressing")
     assert progressing["reason"] == "RolledBack" and "not retried" in progressing["message"]
-    assert [p["metadata"]["name"] for p in server_pods(rest, namespace, name)] == [good_pod]
+    # The failed template's pod goes (it may still be terminating at the first RolledBack sample).
+    wait_for(lambda: [p["metadata"]["name"] for p in server_pods(rest, namespace, name)] == [good_pod],
+             timeout=120, interval=1, what="only the good pod left")
     events = [e for e in rest.get(f"/api/v1/namespaces/{namespace}/events")["items"] if e.get("reason") == "RolledBack"]
     assert events and events[0]["type"] == "Warning"
 
