@@ -9,7 +9,6 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from scibox_operator.engine import vllm_args
-from scibox_operator.engine.vllm_flags import NO_VALUE_FLAGS
 from scibox_operator.engine.vllm_args import (
     EngineSettings,
     SettingsError,
@@ -17,6 +16,7 @@ from scibox_operator.engine.vllm_args import (
     validate_env,
     validate_extra_args,
 )
+from scibox_operator.engine.vllm_flags import NO_VALUE_FLAGS
 from tests.vllm_parser import parse, vllm_parser  # noqa: F401 - vllm_parser is a fixture
 
 
