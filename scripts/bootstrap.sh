@@ -17,6 +17,15 @@ log() { printf '[bootstrap %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
 
+# --- Go tools, compiled in the background -----------------------------------------
+# The local cluster's binaries and the Go test tools (cached by version / source hash, see
+# tools/localcluster/build.py: standard library only, so the system Python runs it) compile
+# while pip and apt download: on a fresh machine the two overlap instead of adding up.
+BUILD_LOG=$CACHE/go-tools-build.log
+"$PY" -m tools.localcluster.build >"$BUILD_LOG" 2>&1 &
+BUILD_PID=$!
+trap 'kill "$BUILD_PID" 2>/dev/null || true' EXIT
+
 # --- Python: operator + tests -------------------------------------------------
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating virtualenv $VENV"
@@ -68,7 +77,13 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v lua5.1 >/dev/null 2>&
   (systemctl stop prometheus || service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
 fi
 
-# --- Local cluster binaries and Go test tools (cached by version / source hash) ----
-"$VENV/bin/python" -m tools.localcluster.build >&2
+# --- Local cluster binaries and Go test tools: wait for the background build ----------
+if ! wait "$BUILD_PID"; then
+  cat "$BUILD_LOG" >&2
+  log "compiling the Go tools failed (log: $BUILD_LOG)"
+  exit 1
+fi
+trap - EXIT
+cat "$BUILD_LOG" >&2
 
 log "ready: $VENV/bin/python"

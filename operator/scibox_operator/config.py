@@ -31,6 +31,9 @@ class Settings:
     # Autoscaling with KEDA: the Prometheus its triggers query, and how often (seconds).
     autoscaling_prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     autoscaling_polling_seconds: int = 15
+    # At most this many VLLMDeployments roll at a time when the operator's own rendering (not
+    # their spec) changed their pod template, e.g. after an upgrade with a new default image.
+    max_operator_rollouts: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -46,4 +49,5 @@ class Settings:
             autoscaling_prometheus_url=env.get("SCIBOX_AUTOSCALING_PROMETHEUS_URL")
             or "http://prometheus-operated.monitoring.svc:9090",
             autoscaling_polling_seconds=int(env.get("SCIBOX_AUTOSCALING_POLLING_SECONDS", "15")),
+            max_operator_rollouts=max(1, int(env.get("SCIBOX_MAX_OPERATOR_ROLLOUTS", "1"))),
         )

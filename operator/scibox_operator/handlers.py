@@ -20,6 +20,7 @@ from scibox_operator.readiness.prober import Prober
 from scibox_operator.reconcile.gateway import GatewayReconciler
 from scibox_operator.reconcile.policy import PolicyError
 from scibox_operator.reconcile.reconciler import Controller
+from scibox_operator.reconcile.rollout import pod_gpu_request
 from scibox_operator.render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, SERVER
 from scibox_operator.runtime.kube import KINDS, KubeClient
 from scibox_operator.runtime.leader import LeaderElector, Timing
@@ -187,6 +188,15 @@ async def download_pod_event(event: dict[str, Any], body: kopf.Body, memo: kopf.
         controller.enqueue(controller.store.owners_of(body))
 
 
+@kopf.on.event("", "v1", "pods", id="gpu-pod-event")
+async def gpu_pod_event(**kwargs: Any) -> None:
+    """Every pod's GPU requests on its node: the free GPUs a rollout may surge into."""
+    body = kwargs["body"]
+    key = (str(body.metadata.namespace), str(body.metadata.name))
+    held = None if kwargs["event"]["type"] == "DELETED" else pod_gpu_request(body)
+    kwargs["memo"].controller.store.set_gpu_pod(key, held)
+
+
 @kopf.on.event("", "v1", "nodes")
 async def node_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     controller: Controller = memo.controller
@@ -194,8 +204,10 @@ async def node_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **
     before = controller.store.nodes.get(name)
     if event["type"] == "DELETED":
         controller.store.nodes.pop(name, None)
+        controller.store.node_labels.pop(name, None)
     else:
         controller.store.nodes[name] = gpu_node_from_body(body)
+        controller.store.node_labels[name] = dict(body.metadata.labels or {})
     if controller.store.nodes.get(name) != before:
         controller.enqueue_all()  # the GPU inventory changed: auto plans may change
 

@@ -71,3 +71,13 @@ METRIC_REQUESTS_FINISHED = "vllm:request_success_total"
 # the operator's own per-object gauges (metrics.py), which the wake trigger reads
 METRIC_DESIRED_REPLICAS = "scibox_operator_vllmdeployment_desired_replicas"
 METRIC_READY_REPLICAS = "scibox_operator_vllmdeployment_ready_replicas"
+
+# Safe rollouts (reconcile/rollout.py), on the workload (Deployment / LeaderWorkerSet) the
+# VLLMDeployment owns, so they survive operator restarts. JSON values.
+# The rollout under way or last finished: target template digest, strategy, cause, start time.
+ROLLOUT_ANNOTATION = "scibox.io/rollout"
+# The last pod template that served (digest and body): what a failed rollout returns to.
+LAST_GOOD_TEMPLATE_ANNOTATION = "scibox.io/last-good-template"
+# A template that could not become ready (digest, generation, reason): not retried until the
+# spec renders another one.
+FAILED_TEMPLATE_ANNOTATION = "scibox.io/failed-template"

@@ -251,8 +251,21 @@ class NetworkPolicySpec(_Model):
 
 
 class Rollout(_Model):
-    strategy: Literal["Recreate", "RollingUpdate"] = "Recreate"
+    # Auto: the operator picks surge / one at a time / recreate from the free GPUs it sees
+    # (reconcile/rollout.py); Recreate and RollingUpdate (maxSurge/maxUnavailable) are explicit.
+    strategy: Literal["Auto", "Recreate", "RollingUpdate"] = "Auto"
     startup_timeout_seconds: int = Field(default=1800, ge=60, le=86400)
+    max_surge: int = Field(default=1, ge=0, le=128)
+    max_unavailable: int = Field(default=0, ge=0, le=128)
+    # Back to the last template that served when a new one cannot become ready in time.
+    auto_rollback: bool = True
+
+    @model_validator(mode="after")
+    def _can_progress(self) -> Rollout:
+        if self.strategy == "RollingUpdate" and self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("rollout.maxSurge and rollout.maxUnavailable cannot both be 0: the rollout "
+                             "could never replace a pod")
+        return self
 
 
 # The adapters a server holds when engine.maxLoras is not set.

@@ -22,6 +22,7 @@ from scibox_operator.reconcile.autoscale import (
     autoscaling_notes,
 )
 from scibox_operator.reconcile.diff import needs_apply, stamped
+from scibox_operator.reconcile.rollout import RolloutInputs, RolloutOutcome, decide_rollout
 from scibox_operator.reconcile.status import CacheState, Failure
 
 from ..render.cache import download_job_name, render_cache_pvc, render_download_job
@@ -72,6 +73,8 @@ class Observed:
     scaled_object_crd: bool = False
     gpu_nodes: tuple[GpuNode, ...] = ()
     autoscaling_prometheus: AutoscalingPrometheus = AutoscalingPrometheus()
+    # what the rollout decision sees: free GPUs, time, server pods, the upgrade slot budget
+    rollout: RolloutInputs = RolloutInputs()
 
     def live(self, kind: str, name: str) -> dict[str, Any] | None:
         return self.children.get((kind, name))
@@ -91,6 +94,7 @@ class Desired:
     workload_current: bool  # False while the live workload waits for the model to be cached
     failure: Failure | None = None
     notes: tuple[Note, ...] = ()
+    rollout: RolloutOutcome | None = None  # the workload's rollout (reconcile/rollout.py)
 
     def __post_init__(self) -> None:
         unexpected = {kind for kind, _ in self.removals} - set(REMOVABLE_KINDS)
@@ -139,11 +143,19 @@ def desired(vd: VLLMDeployment, plan: ServingPlan, observed: Observed) -> Desire
         notes.append(note)
     children.extend(_download_job(plan, users, observed, removals))
 
+    rollout: RolloutOutcome | None = None
     if observed.cache.complete:
         other = ("Deployment", vd.name) if plan.multi_node else ("LeaderWorkerSet", leader_worker_set_name(vd))
         digest = observed.api_key_digest
-        children.append(stamped(render_leader_worker_set(vd, plan, api_key_digest=digest) if plan.multi_node
-                                else render_deployment(vd, plan, api_key_digest=digest)))
+        rendered = render_leader_worker_set(vd, plan, api_key_digest=digest) if plan.multi_node \
+            else render_deployment(vd, plan, api_key_digest=digest)
+        modes = _claim_access_modes(vd, claim)
+        inputs = replace(observed.rollout, api_key_digest=digest,
+                         may_surge=not modes or bool(_SHAREABLE_MODES & set(modes)))
+        rollout = decide_rollout(vd, plan, rendered, observed.live(*workload), inputs)
+        if rollout.workload is not None:  # None: the live workload stays as it is (queued, announced)
+            children.append(stamped(rollout.workload))
+        notes.append(Note(*rollout.condition))
         if observed.live(*other) is not None:
             removals.append(other)
     adapter_jobs, adapter_removals = desired_adapter_jobs(
@@ -159,7 +171,7 @@ def desired(vd: VLLMDeployment, plan: ServingPlan, observed: Observed) -> Desire
                                                observed.live(*workload)):
         want(kind, name, obj)
     notes.extend(Note(*n) for n in autoscaling_notes(vd, plan, observed.gpu_nodes, keda=observed.scaled_object_crd))
-    return Desired(tuple(children), tuple(removals), workload, observed.cache.complete, None, tuple(notes))
+    return Desired(tuple(children), tuple(removals), workload, observed.cache.complete, None, tuple(notes), rollout)
 
 
 CACHE_ACCESS_CONFLICT = "CacheAccessModeConflict"

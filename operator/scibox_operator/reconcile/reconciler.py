@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +31,8 @@ from scibox_operator.reconcile.desired import desired
 from scibox_operator.reconcile.last_plan import last_known_plan, plan_inputs
 from scibox_operator.reconcile.observe import cache_shared, observe
 from scibox_operator.reconcile.policy import AdminPolicy, policy_violation
+from scibox_operator.reconcile.rollout import EVENT_TYPES, PROGRESSING
+from scibox_operator.reconcile.rollout_slots import OperatorRolloutSlots, rollout_inputs
 from scibox_operator.reconcile.startup import StartupInputs, new_stage_values, startup_status
 from scibox_operator.reconcile.status import Failure, PlanNote, compute_status, status_differs
 from scibox_operator.render.cache import download_job_name
@@ -77,6 +79,7 @@ class Controller:
         self.sync = StoreSync(client, self.store)
         self.applier = Applier(client, self.store)
         self._background: set[asyncio.Task[None]] = set()
+        self.rollout_slots = OperatorRolloutSlots(limit=self.settings.max_operator_rollouts)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -162,6 +165,7 @@ class Controller:
         -> status. Returns seconds until it must run again, or None."""
         body = self.store.vllmds.get(key)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            self.enqueue(self.rollout_slots.release(key))
             return None  # children carry owner references: the garbage collector removes them
         now = datetime.now(UTC)
         current_status = body.get("status") or {}
@@ -187,11 +191,19 @@ class Controller:
             return planned.retry
         plan, plan_note = planned
         inputs = plan_inputs(vd)
+        digest = await self._api_key_digest(vd)
         observed = observe(self.store, vd, plan, default_image=self.settings.vllm_image,
-                           hub_endpoint=self.settings.hub_endpoint, api_key_digest=await self._api_key_digest(vd),
+                           hub_endpoint=self.settings.hub_endpoint, api_key_digest=digest,
                            autoscaling_prometheus=AutoscalingPrometheus(self.settings.autoscaling_prometheus_url,
                                                                         self.settings.autoscaling_polling_seconds))
+        observed = replace(observed, rollout=rollout_inputs(self.store, vd, plan, slots=self.rollout_slots,
+                                                            current_status=current_status, now=now,
+                                                            api_key_digest=digest))
         want = desired(vd, plan, observed)
+        # No await since the slots were read: two passes cannot both take the last one.
+        self.enqueue(self.rollout_slots.update(key, want.rollout))
+        if want.rollout is not None:
+            await self._rollout_event(body, current_status, want.rollout.condition)
         status_args: dict[str, Any] = dict(current=current_status, now=now, plan=plan, plan_inputs=inputs,
                                            plan_note=plan_note)
         if want.failure is not None:
@@ -218,7 +230,9 @@ class Controller:
                                 endpoint=endpoint_url(vd), probing=self.probing,
                                 workload_current=want.workload_current,
                                 notes=tuple((n.type, n.status, n.reason, n.message) for n in want.notes)
-                                + adapter_notes, **status_args)
+                                + adapter_notes,
+                                rollout=want.rollout.status if want.rollout is not None else None,
+                                **status_args)
         if adapters:
             status["adapters"] = adapters
         status["startup"] = startup_status(vd.generation, current_status.get("startup"), now=now,
@@ -227,7 +241,7 @@ class Controller:
                                            rolled_out=_condition(status, "UpToDate"))
         await self._write_status(body, status)
         observe_startup(new_stage_values(current_status.get("startup"), status["startup"]), status["startup"])
-        return None
+        return want.rollout.requeue if want.rollout is not None else None
 
     def _startup_inputs(self, key: Key, vd: VLLMDeployment, plan: ServingPlan, planning_seconds: float) -> StartupInputs:
         """What status.startup is computed from: reads of the store only."""
@@ -304,6 +318,20 @@ class Controller:
         key = (meta["namespace"], meta["name"])
         if key in self.store.vllmds and result:
             self.store.vllmds[key] = trim(result)
+
+    async def _rollout_event(self, body: dict[str, Any], current_status: dict[str, Any],
+                             condition: tuple[str, str, str, str]) -> None:
+        """A Warning Event when the Progressing condition turns to a reason users must see
+        (a recreate without spare GPUs is announced before the first pod goes: awaited here)."""
+        _, _, reason, message = condition
+        before: dict[str, Any] = next(
+            (c for c in current_status.get("conditions") or [] if c.get("type") == PROGRESSING), {})
+        if reason not in EVENT_TYPES or before.get("reason") == reason:
+            return
+        try:
+            await self.client.create_event(body, type_=EVENT_TYPES[reason], reason=reason, message=message)
+        except (TimeoutError, ApiError, OSError) as exc:
+            log.info("event for %s not posted: %s", body["metadata"]["name"], exc)
 
     async def _event(self, body: dict[str, Any], status: dict[str, Any]) -> None:
         ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)

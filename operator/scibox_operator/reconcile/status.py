@@ -126,7 +126,8 @@ def compute_status(vd: VLLMDeployment, *, current: dict[str, Any] | None, now: d
                    readiness: ReadinessSummary | None = None, endpoint: str | None = None,
                    probing: bool = False, plan_inputs: str = "", plan_note: PlanNote | None = None,
                    workload_current: bool = True,
-                   notes: tuple[tuple[str, str, str, str], ...] = ()) -> dict[str, Any]:
+                   notes: tuple[tuple[str, str, str, str], ...] = (),
+                   rollout: dict[str, Any] | None = None) -> dict[str, Any]:
     current = current or {}
     previous = {c.get("type"): c for c in current.get("conditions") or []}
     gen = vd.generation
@@ -137,6 +138,8 @@ def compute_status(vd: VLLMDeployment, *, current: dict[str, Any] | None, now: d
 
     conditions: list[dict[str, Any]] = [cond(*note) for note in notes]
     out: dict[str, Any] = {"observedGeneration": gen}
+    if rollout:
+        out["rollout"] = rollout  # reconcile/rollout.py: strategy, counts, queue, failed template
     if plan is not None:
         out.update(plan_status(plan, plan_inputs))
         planned = plan_note or PlanNote("Planned", plan.parallelism_reason)

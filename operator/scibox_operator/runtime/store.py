@@ -88,6 +88,24 @@ class Store:
     # server pod uid -> {"health": epoch of its first /health 200, "serving": of its first
     # answered completion}: the prober's clock readings for status.startup (reconcile/startup.py)
     startup_marks: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Every bound, unfinished pod of the cluster holding GPUs: (namespace, name) -> (node, GPUs),
+    # and the per-node sums kept with it (free GPUs for a rollout's surge, reconcile/rollout.py).
+    gpu_pods: dict[Key, tuple[str, int]] = field(default_factory=dict)
+    gpus_by_node: dict[str, int] = field(default_factory=dict)
+    # node name -> all its labels (a rollout's free GPUs honour any nodeSelector key)
+    node_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def set_gpu_pod(self, key: Key, held: tuple[str, int] | None) -> None:
+        before = self.gpu_pods.pop(key, None)
+        if before is not None:
+            left = self.gpus_by_node.get(before[0], 0) - before[1]
+            if left > 0:
+                self.gpus_by_node[before[0]] = left
+            else:
+                self.gpus_by_node.pop(before[0], None)
+        if held is not None:
+            self.gpu_pods[key] = held
+            self.gpus_by_node[held[0]] = self.gpus_by_node.get(held[0], 0) + held[1]
 
     def parsed(self, key: Key) -> VLLMDeployment | None:
         """The stored VLLMDeployment parsed once per version, or None when absent or invalid."""

@@ -94,8 +94,10 @@ def test_first_pass_writes_the_children_and_a_second_pass_writes_nothing():
 
 def test_a_removed_env_entry_is_written_and_a_dropped_policy_deleted():
     controller, kube = fresh()
-    run_pass(controller, kube, vllmd(engine={"env": [{"name": "A", "value": "1"}]}, networkPolicy={"enabled": True}))
-    edited = vllmd()
+    # Explicit Recreate: Auto would first announce a recreate on this GPU-less cluster (test_rollout.py)
+    run_pass(controller, kube, vllmd(engine={"env": [{"name": "A", "value": "1"}]}, networkPolicy={"enabled": True},
+                                     rollout={"strategy": "Recreate"}))
+    edited = vllmd(rollout={"strategy": "Recreate"})
     edited["metadata"]["generation"] = 2
     writes = run_pass(controller, kube, edited)
     assert ("apply", "Deployment", "m") in writes and ("delete", "NetworkPolicy", "m") in writes
