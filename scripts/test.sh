@@ -3,7 +3,7 @@
 # against the real parts: local kube-apiserver/etcd/kcm/scheduler + kwok, vLLM CPU, Prometheus, helm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+SCIBOX_BUILD_KEDA=background scripts/bootstrap.sh
 VENV=${SCIBOX_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/scibox/venv}
 # This checkout's code, whichever checkout the cached venv's editable install points at (the
 # operator processes the tests start inherit it too).

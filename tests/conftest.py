@@ -15,3 +15,6 @@ def pytest_collection_modifyitems(config, items):
     last, so that the tests of a cluster without it see it absent."""
     items[:] = [i for i in items if "lws" not in getattr(i, "fixturenames", ())] + \
                [i for i in items if "lws" in getattr(i, "fixturenames", ())]
+    # KEDA's build (minutes) runs beside the suite (scripts/test.sh): its tests come last.
+    items[:] = [i for i in items if i.get_closest_marker("keda") is None] + \
+               [i for i in items if i.get_closest_marker("keda") is not None]

@@ -27,7 +27,7 @@ from tests.fixtures.prometheus import PrometheusServer
 
 from .conftest import vllmd_body
 
-pytestmark = [pytest.mark.cluster, pytest.mark.vllm, pytest.mark.prometheus, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.vllm, pytest.mark.prometheus, pytest.mark.slow, pytest.mark.keda]
 
 NAME = "elastic"
 SERVER = "app.kubernetes.io/component=server"
@@ -123,9 +123,14 @@ class Load:
             t.join(timeout=150)
 
 
+AUTOSCALING_ENV = ("SCIBOX_AUTOSCALING_POLLING_SECONDS", "SCIBOX_AUTOSCALING_PROMETHEUS_URL")
+
+
 @pytest.fixture(scope="module")
-def stack(e2e_cluster, hub_mirror, tmp_path_factory):
-    """KEDA, the operator (KEDA's triggers pointed at the test Prometheus) and Prometheus."""
+def stack(e2e_cluster, e2e_operator, tmp_path_factory):
+    """KEDA, Prometheus, and the session's operator restarted with KEDA's triggers pointed at
+    that Prometheus (one operator per cluster: a second one would fight it over every object);
+    it gets its settings back afterwards."""
     cluster = e2e_cluster.cluster
     work = tmp_path_factory.mktemp("autoscaling")
     keda = Keda(cluster, work / "keda")
@@ -134,8 +139,9 @@ def stack(e2e_cluster, hub_mirror, tmp_path_factory):
     except BaseException:
         keda.stop()
         raise
-    operator = OperatorProcess(Path(cluster.kubeconfig), work / "operator", hub_endpoint=hub_mirror.endpoint,
-                               extra_env={"SCIBOX_AUTOSCALING_POLLING_SECONDS": str(SCRAPE_SECONDS)})
+    operator: OperatorProcess = e2e_operator
+    operator.stop()
+    operator.extra_env["SCIBOX_AUTOSCALING_POLLING_SECONDS"] = str(SCRAPE_SECONDS)
     (work / "prometheus").mkdir()
     discovery = PodDiscovery(cluster.rest, work / "prometheus" / "targets.json").start()
     prom = PrometheusServer(prometheus_config(work / "prometheus" / "targets.json", operator), work / "prometheus")
@@ -147,8 +153,8 @@ def stack(e2e_cluster, hub_mirror, tmp_path_factory):
         prom.stop()
         discovery.stop()
         keda.stop()
+        _restore(operator)
         raise
-    e2e_cluster.operator = operator
     cluster.kubectl("apply", "-f", "-", input="""
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
@@ -163,14 +169,20 @@ volumeBindingMode: Immediate
     try:
         yield {"keda": keda, "operator": operator, "prometheus": prom}
     finally:
-        e2e_cluster.operator = None
-        operator.stop()
         prom.stop()
         discovery.stop()
         keda.stop()
         # nothing of this module's stays for the session's other tests (the cluster may be theirs)
         keda.uninstall()
         cluster.kubectl("delete", "storageclass", "local-rwx", "--ignore-not-found")
+        _restore(operator)
+
+
+def _restore(operator: OperatorProcess) -> None:
+    operator.stop()
+    for key in AUTOSCALING_ENV:
+        operator.extra_env.pop(key, None)
+    operator.start()
 
 
 def serving_pods(e2e, ns: str) -> list[dict]:

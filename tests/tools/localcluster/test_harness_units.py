@@ -174,3 +174,15 @@ def test_a_repository_go_tool_is_keyed_by_its_sources_only(tmp_path):
     (tmp_path / "main.go").write_text("package main\n\nfunc main() { println() }\n")
     assert tool.version != first and tool.bin_dir.name == f"x-{tool.version}"
     assert build.KINDCHECK in build.ALL_TOOLS and build.ACTIONLINT in build.ALL_TOOLS, "bootstrap builds both"
+
+
+def test_keda_is_built_only_when_named_so_bootstrap_can_leave_it_to_the_background(monkeypatch):
+    from tools.localcluster import build
+
+    built: list[str] = []
+    monkeypatch.setattr(build, "build_tool", lambda tool: built.append(tool.name) or tool.bin_dir)
+    build.build_all()
+    assert "keda" not in built and {"kubernetes", "etcd", "kwok"} <= set(built)
+    built.clear()
+    build.build_all(["keda"])
+    assert built == ["keda"]
