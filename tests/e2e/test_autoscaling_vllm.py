@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.cluster import RWX_STORAGE_CLASS, apply_rwx_storage_class
 from tests.fixtures.keda import Keda
 from tests.fixtures.operator import OperatorProcess
 from tests.fixtures.prometheus import PrometheusServer
@@ -155,17 +156,7 @@ def stack(e2e_cluster, e2e_operator, tmp_path_factory):
         keda.stop()
         _restore(operator)
         raise
-    cluster.kubectl("apply", "-f", "-", input="""
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata:
-  name: local-rwx
-  annotations:
-    scibox.io/access-modes: ReadWriteOnce,ReadWriteMany
-provisioner: scibox.io/local-path
-reclaimPolicy: Delete
-volumeBindingMode: Immediate
-""")
+    apply_rwx_storage_class(cluster)
     try:
         yield {"keda": keda, "operator": operator, "prometheus": prom}
     finally:
@@ -174,7 +165,7 @@ volumeBindingMode: Immediate
         keda.stop()
         # nothing of this module's stays for the session's other tests (the cluster may be theirs)
         keda.uninstall()
-        cluster.kubectl("delete", "storageclass", "local-rwx", "--ignore-not-found")
+        cluster.kubectl("delete", "storageclass", RWX_STORAGE_CLASS, "--ignore-not-found")
         _restore(operator)
 
 
@@ -195,7 +186,7 @@ def serving_pods(e2e, ns: str) -> list[dict]:
 def test_load_scales_1_to_2_and_back_then_idle_to_zero_and_a_wake(e2e_cluster, e2e_namespace, stack):
     e2e, ns = e2e_cluster, e2e_namespace
     body = vllmd_body(NAME, "scibox/tiny-llama", None)
-    body["spec"]["cache"].update(storageClassName="local-rwx", accessMode="ReadWriteMany")
+    body["spec"]["cache"].update(storageClassName=RWX_STORAGE_CLASS, accessMode="ReadWriteMany")
     body["spec"]["engine"] = {
         "maxNumSeqs": 1,  # concurrent requests queue: vllm:num_requests_waiting
         # vLLM CPU's automatic binding pins every server's worker to core 0 of this 2-core box

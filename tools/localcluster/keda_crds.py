@@ -11,7 +11,7 @@ import time
 
 import yaml
 
-from . import build, versions
+from . import build, crds, versions
 from .rest import Rest
 
 MODULE = "github.com/kedacore/keda/v2"
@@ -21,7 +21,6 @@ FILES = ("keda.sh_scaledobjects", "keda.sh_scaledjobs", "keda.sh_triggerauthenti
          "keda.sh_clustertriggerauthentications", "eventing.keda.sh_cloudeventsources",
          "eventing.keda.sh_clustercloudeventsources")
 CRD_NAMES = tuple(f"{f.split('_', 1)[1]}.{f.split('_', 1)[0]}" for f in FILES)
-CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
 def crd_manifests(version: str = versions.KEDA) -> list[dict]:
@@ -36,29 +35,8 @@ def crd_manifests(version: str = versions.KEDA) -> list[dict]:
 
 
 def install(rest: Rest, timeout: float = 60.0) -> list[str]:
-    names = []
-    for crd in crd_manifests():
-        rest.apply(CRD_PATH, crd["metadata"]["name"], crd)
-        names.append(crd["metadata"]["name"])
-    deadline = time.monotonic() + timeout
-    for name in names:
-        while True:
-            crd = rest.get(f"{CRD_PATH}/{name}")
-            if any(c["type"] == "Established" and c["status"] == "True"
-                   for c in (crd.get("status") or {}).get("conditions") or []):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"CRD {name} not Established after {timeout}s")
-            time.sleep(0.2)
-    return names
+    return crds.apply_established(rest, crd_manifests(), time.monotonic() + timeout)
 
 
 def uninstall(rest: Rest, timeout: float = 60.0) -> None:
-    for name in CRD_NAMES:
-        rest.delete(f"{CRD_PATH}/{name}")
-    deadline = time.monotonic() + timeout
-    for name in CRD_NAMES:
-        while rest.get_or_none(f"{CRD_PATH}/{name}") is not None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"CRD {name} still present after {timeout}s")
-            time.sleep(0.2)
+    crds.delete_and_wait(rest, CRD_NAMES, timeout)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from . import build, versions
+from . import build, crds, versions
 from .rest import Rest
 
 MODULE = "github.com/prometheus-operator/prometheus-operator"
@@ -20,7 +20,6 @@ CRD_DIR = "example/prometheus-operator-crd-full"
 GROUP = "monitoring.coreos.com"
 PLURALS = ("servicemonitors", "podmonitors", "prometheusrules")
 CRD_NAMES = tuple(f"{p}.{GROUP}" for p in PLURALS)
-CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
 def module_dir(version: str = versions.PROMETHEUS_OPERATOR) -> Path:
@@ -41,21 +40,8 @@ def crd_manifests(version: str = versions.PROMETHEUS_OPERATOR) -> list[dict]:
 
 
 def install(rest: Rest, timeout: float = 60.0) -> list[str]:
-    names = []
-    for crd in crd_manifests():
-        name = crd["metadata"]["name"]
-        rest.apply(CRD_PATH, name, crd)
-        names.append(name)
     deadline = time.monotonic() + timeout
-    for name in names:
-        while True:
-            crd = rest.get(f"{CRD_PATH}/{name}")
-            conditions = {c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []}
-            if conditions.get("Established") == "True":
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"CRD {name} not Established after {timeout}s: {conditions}")
-            time.sleep(0.2)
+    names = crds.apply_established(rest, crd_manifests(), deadline)
     # Established CRDs can still miss from discovery for a moment; wait until they serve.
     for plural in PLURALS:
         while True:
@@ -70,11 +56,4 @@ def install(rest: Rest, timeout: float = 60.0) -> list[str]:
 
 
 def uninstall(rest: Rest, timeout: float = 60.0) -> None:
-    for name in CRD_NAMES:
-        rest.delete(f"{CRD_PATH}/{name}")
-    deadline = time.monotonic() + timeout
-    for name in CRD_NAMES:
-        while rest.get_or_none(f"{CRD_PATH}/{name}") is not None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"CRD {name} still present after {timeout}s")
-            time.sleep(0.2)
+    crds.delete_and_wait(rest, CRD_NAMES, timeout)
