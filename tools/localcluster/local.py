@@ -100,6 +100,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(names: tuple[str, ...]) -> dict[str, int]:
+    """Distinct free ports: every socket stays bound until all are picked (one at a time the
+    kernel may hand out a just-released port again: seen, etcd and apiserver on one port)."""
+    sockets = []
+    try:
+        for _ in names:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(s)
+            s.bind(("127.0.0.1", 0))
+        return {name: s.getsockname()[1] for name, s in zip(names, sockets, strict=True)}
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def kubeconfig_dict(server: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
                     cluster: str, user: str) -> dict:
     b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
@@ -451,8 +466,7 @@ class Cluster:
                     ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")}
         timings["binaries"] = time.monotonic() - t0
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        ports = {p: free_port() for p in ("etcd", "etcd_peer", "apiserver", "controller_manager",
-                                          "scheduler")}
+        ports = free_ports(("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler"))
         if len(set(ports.values())) != len(ports):
             raise ClusterError(f"port picking collided: {ports}")
         server = f"https://127.0.0.1:{ports['apiserver']}"

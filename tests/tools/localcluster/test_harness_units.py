@@ -186,3 +186,10 @@ def test_keda_is_built_only_when_named_so_bootstrap_can_leave_it_to_the_backgrou
     built.clear()
     build.build_all(["keda"])
     assert built == ["keda"]
+
+
+def test_a_clusters_ports_are_distinct():
+    from tools.localcluster.local import free_ports
+
+    names = tuple(f"p{i}" for i in range(50))
+    assert len(set(free_ports(names).values())) == 50
