@@ -31,6 +31,10 @@ class Settings:
     # Autoscaling with KEDA: the Prometheus its triggers query, and how often (seconds).
     autoscaling_prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     autoscaling_polling_seconds: int = 15
+    # May a VLLMDeployment's autoscaling.target.query (raw PromQL) reach that Prometheus? Off by
+    # default: KEDA would run any tenant's query against the cluster's metrics, and the HPA's
+    # status in the tenant's namespace would show the answer.
+    autoscaling_allow_query: bool = False
     # At most this many VLLMDeployments roll at a time when the operator's own rendering (not
     # their spec) changed their pod template, e.g. after an upgrade with a new default image.
     max_operator_rollouts: int = 1
@@ -49,5 +53,6 @@ class Settings:
             autoscaling_prometheus_url=env.get("SCIBOX_AUTOSCALING_PROMETHEUS_URL")
             or "http://prometheus-operated.monitoring.svc:9090",
             autoscaling_polling_seconds=int(env.get("SCIBOX_AUTOSCALING_POLLING_SECONDS", "15")),
+            autoscaling_allow_query=_flag(env.get("SCIBOX_AUTOSCALING_ALLOW_QUERY", "")),
             max_operator_rollouts=max(1, int(env.get("SCIBOX_MAX_OPERATOR_ROLLOUTS", "1"))),
         )

@@ -124,7 +124,8 @@ class Load:
             t.join(timeout=150)
 
 
-AUTOSCALING_ENV = ("SCIBOX_AUTOSCALING_POLLING_SECONDS", "SCIBOX_AUTOSCALING_PROMETHEUS_URL")
+AUTOSCALING_ENV = ("SCIBOX_AUTOSCALING_POLLING_SECONDS", "SCIBOX_AUTOSCALING_PROMETHEUS_URL",
+                   "SCIBOX_AUTOSCALING_ALLOW_QUERY")
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +144,8 @@ def stack(e2e_cluster, e2e_operator, tmp_path_factory):
     operator: OperatorProcess = e2e_operator
     operator.stop()
     operator.extra_env["SCIBOX_AUTOSCALING_POLLING_SECONDS"] = str(SCRAPE_SECONDS)
+    # The test scales on its own PromQL (target.query): an admin's opt-in, off by default.
+    operator.extra_env["SCIBOX_AUTOSCALING_ALLOW_QUERY"] = "true"
     (work / "prometheus").mkdir()
     discovery = PodDiscovery(cluster.rest, work / "prometheus" / "targets.json").start()
     prom = PrometheusServer(prometheus_config(work / "prometheus" / "targets.json", operator), work / "prometheus")

@@ -170,3 +170,29 @@ def test_a_wake_from_zero_pauses_kedas_scale_in_until_a_replica_is_ready_and_the
     child = next(c for c in desired(plain, plan_of(plain), observed(scaled_object_crd=True)).children
                  if c["kind"] == "ScaledObject")
     assert KEDA_PAUSED_SCALE_IN not in (child["metadata"].get("annotations") or {})
+
+
+def test_a_tenants_raw_query_reaches_prometheus_only_when_the_admin_allows_it():
+    # KEDA would run the query against the cluster's Prometheus and the HPA in the tenant's
+    # namespace would show its answer: other tenants' metrics, unless the admin opts in.
+    query = 'sum(rate(vllm:request_success_total{namespace="other"}[1m]))'
+    vd = vd_of({"maxReplicas": 3, "target": {"query": query, "queryValue": 2}})
+    allowed = AutoscalingPrometheus("http://127.0.0.1:9090", 5, allow_query=True)
+    on = desired(vd, plan_of(vd), Observed(cache=CACHED, scaled_object_crd=True, autoscaling_prometheus=allowed))
+    so = next(c for c in on.children if c["kind"] == "ScaledObject")
+    assert [(t["name"], t["metadata"]["query"]) for t in so["spec"]["triggers"]] == [("query", query)]
+    assert not any(n.reason == "QueryNotAllowed" for n in on.notes)
+    # The admin's default: the query is gone from the live ScaledObject's next render, the
+    # default waiting-requests target stands in, and status says why.
+    off = desired(vd, plan_of(vd), observed([so], scaled_object_crd=True))
+    so_off = next(c for c in off.children if c["kind"] == "ScaledObject")
+    assert [t["name"] for t in so_off["spec"]["triggers"]] == ["waiting-requests"]
+    assert all(query not in t["metadata"]["query"] for t in so_off["spec"]["triggers"])
+    note = next(n for n in off.notes if n.reason == "QueryNotAllowed")
+    assert note.type == "AutoscalingLimited" and "SCIBOX_AUTOSCALING_ALLOW_QUERY" in note.message \
+        and "2 waiting requests per replica" in note.message
+    # A named target besides the query keeps scaling on that one alone.
+    both = vd_of({"maxReplicas": 3, "target": {"query": query, "queryValue": 2, "kvCacheUsage": 0.7}})
+    so_both = next(c for c in desired(both, plan_of(both), observed(scaled_object_crd=True)).children
+                   if c["kind"] == "ScaledObject")
+    assert [t["name"] for t in so_both["spec"]["triggers"]] == ["kv-cache-usage"]

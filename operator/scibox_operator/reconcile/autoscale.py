@@ -17,6 +17,7 @@ from scibox_operator.planning.serving_plan import GpuNode, ServingPlan, matching
 from scibox_operator.render.autoscaling import (
     autoscaler_unsupported,
     hpa_name,
+    query_fallback,
     render_hpa,
     render_scaled_object,
     scaled_object_name,
@@ -25,6 +26,7 @@ from scibox_operator.render.autoscaling import (
 # Condition types this module adds to status.
 AUTOSCALING_CONDITION = "AutoscalingCapacity"
 AUTOSCALING_LIMITED = "AutoscalingLimited"
+QUERY_NOT_ALLOWED = "QueryNotAllowed"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class AutoscalingPrometheus:
 
     server_address: str = "http://prometheus-operated.monitoring.svc:9090"
     polling_seconds: int = 15
+    allow_query: bool = False  # the admin's SCIBOX_AUTOSCALING_ALLOW_QUERY: tenants' raw PromQL
 
 
 def autoscaler_keys(vd: VLLMDeployment) -> tuple[tuple[str, str], ...]:
@@ -52,7 +55,8 @@ def autoscaler_children(vd: VLLMDeployment, plan: ServingPlan, keda: bool, prome
     waking = ready == 0
     yield ("ScaledObject", scaled_object_name(vd),
            render_scaled_object(vd, server_address=prometheus.server_address,
-                                polling_seconds=prometheus.polling_seconds, waking=waking) if on and keda else None)
+                                polling_seconds=prometheus.polling_seconds, waking=waking,
+                                allow_query=prometheus.allow_query) if on and keda else None)
     yield ("HorizontalPodAutoscaler", hpa_name(vd), render_hpa(vd) if on and not keda else None)
 
 
@@ -67,7 +71,7 @@ def replicas_that_fit(vd: VLLMDeployment, plan: ServingPlan, nodes: tuple[GpuNod
 
 
 def autoscaling_notes(vd: VLLMDeployment, plan: ServingPlan, nodes: tuple[GpuNode, ...], *,
-                      keda: bool) -> list[tuple[str, str, str, str]]:
+                      keda: bool, allow_query: bool = False) -> list[tuple[str, str, str, str]]:
     """Conditions (type, status, reason, message): maxReplicas beyond the GPUs, and what the
     HPA path cannot do. Nothing at all without spec.autoscaling."""
     a = vd.spec.autoscaling
@@ -88,4 +92,9 @@ def autoscaling_notes(vd: VLLMDeployment, plan: ServingPlan, nodes: tuple[GpuNod
     limited = autoscaler_unsupported(vd, keda=keda)
     if limited is not None:
         notes.append((AUTOSCALING_LIMITED, "True", "NeedsKeda", limited))
+    elif keda and a.target.query is not None and not allow_query:
+        notes.append((AUTOSCALING_LIMITED, "True", QUERY_NOT_ALLOWED,
+                      "autoscaling.target.query is not used: this cluster's operator does not send tenants' "
+                      "PromQL to its Prometheus (the admin's setting SCIBOX_AUTOSCALING_ALLOW_QUERY); "
+                      f"scaling uses {query_fallback(vd)}"))
     return notes

@@ -170,7 +170,8 @@ def desired(vd: VLLMDeployment, plan: ServingPlan, observed: Observed) -> Desire
     for kind, name, obj in autoscaler_children(vd, plan, observed.scaled_object_crd, observed.autoscaling_prometheus,
                                                observed.live(*workload)):
         want(kind, name, obj)
-    notes.extend(Note(*n) for n in autoscaling_notes(vd, plan, observed.gpu_nodes, keda=observed.scaled_object_crd))
+    notes.extend(Note(*n) for n in autoscaling_notes(vd, plan, observed.gpu_nodes, keda=observed.scaled_object_crd,
+                                                     allow_query=observed.autoscaling_prometheus.allow_query))
     return Desired(tuple(children), tuple(removals), workload, observed.cache.complete, None, tuple(notes), rollout)
 
 

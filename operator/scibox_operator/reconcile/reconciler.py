@@ -195,7 +195,8 @@ class Controller:
         observed = observe(self.store, vd, plan, default_image=self.settings.vllm_image,
                            hub_endpoint=self.settings.hub_endpoint, api_key_digest=digest,
                            autoscaling_prometheus=AutoscalingPrometheus(self.settings.autoscaling_prometheus_url,
-                                                                        self.settings.autoscaling_polling_seconds))
+                                                                        self.settings.autoscaling_polling_seconds,
+                                                                        self.settings.autoscaling_allow_query))
         observed = replace(observed, rollout=rollout_inputs(self.store, vd, plan, slots=self.rollout_slots,
                                                             current_status=current_status, now=now,
                                                             api_key_digest=digest))

@@ -64,9 +64,22 @@ def _target_ref(vd: VLLMDeployment) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": KIND, "name": vd.name}
 
 
-def prometheus_triggers(vd: VLLMDeployment, server_address: str) -> list[dict[str, Any]]:
+def query_fallback(vd: VLLMDeployment) -> str:
+    """What scales a VLLMDeployment whose raw query the admin does not allow."""
+    a = vd.spec.autoscaling
+    assert a is not None
+    named = [f"waiting requests per replica {_number(a.target.waiting_requests_per_replica)}"
+             if a.target.waiting_requests_per_replica is not None else "",
+             f"KV-cache usage {_number(a.target.kv_cache_usage)}" if a.target.kv_cache_usage is not None else ""]
+    return " and ".join(n for n in named if n) or \
+        f"the default target, {_number(DEFAULT_WAITING)} waiting requests per replica"
+
+
+def prometheus_triggers(vd: VLLMDeployment, server_address: str, allow_query: bool = False) -> list[dict[str, Any]]:
     """KEDA Prometheus triggers: each yields a value the HPA divides by its threshold per
-    replica (AverageValue); the largest answer wins."""
+    replica (AverageValue); the largest answer wins. A tenant's raw query only when the admin
+    allows it (`allow_query`); otherwise the default waiting-requests target stands in when it
+    was the only one."""
     a = vd.spec.autoscaling
     assert a is not None
     sel = series_selector(vd)
@@ -81,13 +94,16 @@ def prometheus_triggers(vd: VLLMDeployment, server_address: str) -> list[dict[st
 
     zero = a.scale_to_zero is not None
     waiting = a.waiting_target
+    query_only = a.target.waiting_requests_per_replica is None and a.target.kv_cache_usage is None
+    if waiting is None and query_only and not allow_query:
+        waiting = DEFAULT_WAITING
     if waiting is not None:
         trigger("waiting-requests", f"sum({METRIC_REQUESTS_WAITING}{{{sel}}})", waiting, 0 if zero else None)
     if a.target.kv_cache_usage is not None:
         # the average over replicas is what the HPA compares: sum here, AverageValue divides
         trigger("kv-cache-usage", f"sum({METRIC_KV_CACHE_USAGE}{{{sel}}})", a.target.kv_cache_usage,
                 0 if zero else None)
-    if a.target.query is not None and a.target.query_value is not None:
+    if a.target.query is not None and a.target.query_value is not None and allow_query:
         trigger("query", a.target.query, a.target.query_value, 0 if zero else None)
     if a.scale_to_zero is not None:
         # Activity: requests finished within half the idle window (KEDA's cool-down is the other
@@ -110,7 +126,7 @@ def idle_half(a: Autoscaling) -> int:
 
 
 def render_scaled_object(vd: VLLMDeployment, *, server_address: str, polling_seconds: int,
-                         waking: bool = False) -> dict[str, Any]:
+                         waking: bool = False, allow_query: bool = False) -> dict[str, Any]:
     """`waking`: replicas were asked for while none is ready (a wake from zero): KEDA's scale-in
     is paused until one is, or it would take them straight back to zero before its triggers
     (which lag by a scrape) see the wake."""
@@ -122,7 +138,7 @@ def render_scaled_object(vd: VLLMDeployment, *, server_address: str, polling_sec
         "minReplicaCount": 0 if a.scale_to_zero is not None else a.min_replicas,
         "maxReplicaCount": a.max_replicas,
         "advanced": {"horizontalPodAutoscalerConfig": {"name": f"keda-hpa-{vd.name}", "behavior": _behavior(a)}},
-        "triggers": prometheus_triggers(vd, server_address),
+        "triggers": prometheus_triggers(vd, server_address, allow_query),
     }
     if a.scale_to_zero is not None:
         # zero about idleSeconds after the last request: half in the query's window, half here
