@@ -426,8 +426,16 @@ def decide_rollout(vd: VLLMDeployment, plan: ServingPlan, rendered: dict[str, An
             or _serves_only_its_template(live, inputs.prober_ready):
         good = {"template": serving, "body": _appliable(live_template)}
     if missing is not None and strategy == "Recreate" and replicas > 0 and inputs.announced != target:
-        # Said before the first pod goes: the next pass applies it.
+        # Said before the first pod goes: the next pass applies it. Nothing of this change is
+        # applied yet, so status keeps the inputs the live template was made for: recorded
+        # now, they would make the next pass take this spec edit for an operator-caused change
+        # (and queue it behind the upgrade slots).
         status["announcedRecreate"] = target
+        previous = inputs.kept_inputs or (current or {}).get("inputs")
+        if previous:
+            status["inputs"] = previous
+        else:
+            status.pop("inputs", None)
         return RolloutOutcome(None, (PROGRESSING, "True", RECREATE_WITHOUT_SPARE_GPUS,
                               f"the pod template changes and {why} (the model does not serve while the new one "
                               "loads)"), status, cause, "Announcing", 1.0)

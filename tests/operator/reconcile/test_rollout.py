@@ -256,3 +256,20 @@ def test_an_announced_recreate_keeps_what_served_and_rolls_back_to_it():
     rolling["status"] = {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 0}
     back = decide(v2, rolling, capacity=free(0), may_surge=False, now=NOW + timedelta(seconds=61))
     assert back.state == "RolledBack" and back.workload["spec"]["template"] == live["spec"]["template"]
+
+
+def test_a_spec_edit_announced_as_a_recreate_is_still_the_specs_on_the_next_pass():
+    # The announce pass applies nothing: had it recorded the edit's inputs, the next pass would
+    # see nothing moved since, call the rollout operator-caused and queue it (the apiserver fault
+    # test: four of five edits never rolled while another model held the upgrade slot).
+    v1, v2 = vd_of(replicas=1), vd_of(generation=2, replicas=1, env="v2")
+    live = served(v1)
+    kept = decide(v1, live, capacity=free(0)).status["inputs"]
+    announce = decide(v2, live, capacity=free(0), may_surge=False, kept_inputs=kept)
+    assert announce.state == "Announcing" and announce.cause == "spec"
+    assert announce.status["inputs"] == kept
+    going = decide(v2, live, capacity=free(0), may_surge=False, kept_inputs=announce.status["inputs"],
+                   announced=announce.status["announcedRecreate"], slot=False)
+    assert going.state == "Rolling" and going.cause == "spec"
+    # Once applied, the edit's inputs are the ones kept.
+    assert going.status["inputs"] != kept
