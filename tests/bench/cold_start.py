@@ -46,6 +46,7 @@ from tests.fixtures.hub import TINY_REPO  # noqa: E402
 from tests.fixtures.hub_mirror import HubMirror  # noqa: E402
 from tests.fixtures.operator import CRD, OperatorProcess, free_port  # noqa: E402
 from tests.fixtures.tiny_model import make_tiny_model  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402
 from tools.localcluster import Cluster  # noqa: E402
 from tools.localcluster.nodes import real_runner_node  # noqa: E402
 from tools.localcluster.vllm_cpu import SERVER_ENV  # noqa: E402
@@ -72,13 +73,7 @@ def http(url: str, payload: dict | None = None, timeout: float = 30) -> tuple[in
 
 
 def wait(what: str, probe, timeout: float, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = probe()
-        if got:
-            return got
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return wait_for(what, probe, timeout, every=every)
 
 
 # --- 1. download ---------------------------------------------------------------------------------

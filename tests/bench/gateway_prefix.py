@@ -34,6 +34,7 @@ from tests.e2e.conftest import REAL_NODE, REAL_NODE_GPUS, vllmd_body  # noqa: E4
 from tests.fixtures.hub_mirror import HubMirror  # noqa: E402
 from tests.fixtures.operator import CRD, GATEWAY_CRD, OperatorProcess  # noqa: E402
 from tests.fixtures.tiny_model import VOCAB, make_tiny_model  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402
 from tools.localcluster import Cluster  # noqa: E402
 from tools.localcluster.nodes import REAL_RUNNER_TOLERATION, real_runner_node  # noqa: E402
 
@@ -56,13 +57,7 @@ def http(url: str, payload: dict | None = None, timeout: float = 120) -> tuple[i
 
 
 def wait(what: str, probe, timeout: float, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = probe()
-        if got:
-            return got
-        time.sleep(every)
-    raise TimeoutError(what)
+    return wait_for(what, probe, timeout, every=every)
 
 
 def counters(pod_ip: str) -> dict[str, float]:
