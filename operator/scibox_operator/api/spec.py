@@ -294,6 +294,8 @@ class Adapter(_Model):
     @property
     def is_pvc(self) -> bool:
         return self.source.startswith("pvc://")
+
+
 class AutoscalingTarget(_Model):
     """What one replica should carry; the autoscaler adds replicas when the average goes above."""
 
@@ -373,6 +375,7 @@ class VLLMDeploymentSpec(_Model):
     network_policy: NetworkPolicySpec = NetworkPolicySpec()
     rollout: Rollout = Rollout()
     adapters: tuple[Adapter, ...] = ()
+    autoscaling: Autoscaling | None = None
 
     @model_validator(mode="after")
     def _adapters(self) -> VLLMDeploymentSpec:
@@ -402,7 +405,6 @@ class VLLMDeploymentSpec(_Model):
         if errors:
             raise ValueError("; ".join(errors))
         return self
-    autoscaling: Autoscaling | None = None
 
 
 @dataclass(frozen=True)

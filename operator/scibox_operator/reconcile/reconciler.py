@@ -80,6 +80,9 @@ class Controller:
         self.applier = Applier(client, self.store)
         self._background: set[asyncio.Task[None]] = set()
         self.rollout_slots = OperatorRolloutSlots(limit=self.settings.max_operator_rollouts)
+        self.autoscaling_prometheus = AutoscalingPrometheus(self.settings.autoscaling_prometheus_url,
+                                                            self.settings.autoscaling_polling_seconds,
+                                                            self.settings.autoscaling_allow_query)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -194,9 +197,7 @@ class Controller:
         digest = await self._api_key_digest(vd)
         observed = observe(self.store, vd, plan, default_image=self.settings.vllm_image,
                            hub_endpoint=self.settings.hub_endpoint, api_key_digest=digest,
-                           autoscaling_prometheus=AutoscalingPrometheus(self.settings.autoscaling_prometheus_url,
-                                                                        self.settings.autoscaling_polling_seconds,
-                                                                        self.settings.autoscaling_allow_query))
+                           autoscaling_prometheus=self.autoscaling_prometheus)
         observed = replace(observed, rollout=rollout_inputs(self.store, vd, plan, slots=self.rollout_slots,
                                                             current_status=current_status, now=now,
                                                             api_key_digest=digest))

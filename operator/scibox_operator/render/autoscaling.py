@@ -154,20 +154,18 @@ def render_hpa(vd: VLLMDeployment) -> dict[str, Any]:
     `vllm_num_requests_waiting` and `vllm_kv_cache_usage_perc`, per pod)."""
     a = vd.spec.autoscaling
     assert a is not None
+    def per_pod(metric: str, value: float) -> dict[str, Any]:
+        return {"type": "Pods", "pods": {"metric": {"name": metric},
+                                         "target": {"type": "AverageValue", "averageValue": _number(value)}}}
+
     metrics: list[dict[str, Any]] = []
     waiting = a.waiting_target
     if waiting is not None:
-        metrics.append({"type": "Pods", "pods": {"metric": {"name": "vllm_num_requests_waiting"},
-                                                  "target": {"type": "AverageValue",
-                                                             "averageValue": _number(waiting)}}})
+        metrics.append(per_pod("vllm_num_requests_waiting", waiting))
     if a.target.kv_cache_usage is not None:
-        metrics.append({"type": "Pods", "pods": {"metric": {"name": "vllm_kv_cache_usage_perc"},
-                                                  "target": {"type": "AverageValue",
-                                                             "averageValue": _number(a.target.kv_cache_usage)}}})
+        metrics.append(per_pod("vllm_kv_cache_usage_perc", a.target.kv_cache_usage))
     if not metrics:  # only a PromQL query was named, which the HPA cannot use (reported)
-        metrics.append({"type": "Pods", "pods": {"metric": {"name": "vllm_num_requests_waiting"},
-                                                  "target": {"type": "AverageValue",
-                                                             "averageValue": _number(DEFAULT_WAITING)}}})
+        metrics.append(per_pod("vllm_num_requests_waiting", DEFAULT_WAITING))
     return {"apiVersion": HPA_API_VERSION, "kind": "HorizontalPodAutoscaler",
             "metadata": metadata(vd, hpa_name(vd), SERVER),
             "spec": {"scaleTargetRef": _target_ref(vd), "minReplicas": a.min_replicas,
