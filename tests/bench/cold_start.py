@@ -46,6 +46,7 @@ from tests.fixtures.hub import TINY_REPO  # noqa: E402
 from tests.fixtures.hub_mirror import HubMirror  # noqa: E402
 from tests.fixtures.operator import CRD, OperatorProcess, free_port  # noqa: E402
 from tests.fixtures.tiny_model import make_tiny_model  # noqa: E402
+from tests.loopback import NO_PROXY  # noqa: E402
 from tests.waiting import wait_for  # noqa: E402
 from tools.localcluster import Cluster  # noqa: E402
 from tools.localcluster.nodes import real_runner_node  # noqa: E402
@@ -54,7 +55,6 @@ from tools.localcluster.vllm_cpu import SERVER_ENV  # noqa: E402
 NODE = "real-node-0"
 SHARDS_REPO = "scibox/bench-shards"
 SHARDS, SHARD_BYTES = 4, 16 * 1024 * 1024
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 PYTHON = sys.executable
 RAW_TIMEOUT = 1800.0  # a 2-core machine shared with other vLLM servers took > 600 s
 

@@ -25,6 +25,7 @@ from tests.fixtures.cluster import RWX_STORAGE_CLASS, apply_rwx_storage_class
 from tests.fixtures.keda import Keda
 from tests.fixtures.operator import OperatorProcess
 from tests.fixtures.prometheus import PrometheusServer
+from tests.loopback import NO_PROXY
 
 from .conftest import vllmd_body
 
@@ -85,7 +86,7 @@ def complete(ip: str, model: str, tokens: int = 48, timeout: float = 600) -> str
                                  headers={"Content-Type": "application/json"},
                                  data=json.dumps({"model": model, "prompt": "hello " * 8, "max_tokens": tokens,
                                                   "ignore_eos": True}).encode())
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    with NO_PROXY.open(req, timeout=timeout) as resp:
         return json.loads(resp.read())["choices"][0]["text"]
 
 

@@ -27,12 +27,12 @@ import pytest
 
 from tests.e2e.conftest import API, vllmd_body
 from tests.fixtures.hub import TINY_REPO
+from tests.loopback import NO_PROXY
 
 pytestmark = [pytest.mark.cluster, pytest.mark.vllm, pytest.mark.slow]
 
 API_KEY = "e2e-secret-key"
 NEW_API_KEY = "e2e-rotated-key"
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def http_json(url: str, payload: dict | None = None, headers: dict | None = None, timeout: float = 60) -> dict:

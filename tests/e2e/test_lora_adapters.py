@@ -31,11 +31,11 @@ import pytest
 from tests.e2e.conftest import API, vllmd_body
 from tests.fixtures.hub import TINY_REPO
 from tests.fixtures.tiny_lora import make_broken_loras, make_tiny_lora
+from tests.loopback import NO_PROXY
 from tools.localcluster.runner import kill_marked
 
 pytestmark = [pytest.mark.cluster, pytest.mark.vllm, pytest.mark.slow]
 
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 GOOD = "scibox/tiny-lora-a"
 SECOND = "scibox/tiny-lora-b"
 BROKEN = {"missing_files": "scibox/lora-missing-files", "rank": "scibox/lora-rank-16",
