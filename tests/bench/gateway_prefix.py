@@ -31,16 +31,17 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.e2e.conftest import REAL_NODE, REAL_NODE_GPUS, vllmd_body  # noqa: E402
+from tests.fixtures.cluster import apply_rwx_storage_class  # noqa: E402
 from tests.fixtures.hub_mirror import HubMirror  # noqa: E402
 from tests.fixtures.operator import CRD, GATEWAY_CRD, OperatorProcess  # noqa: E402
 from tests.fixtures.tiny_model import VOCAB, make_tiny_model  # noqa: E402
+from tests.loopback import NO_PROXY  # noqa: E402
 from tests.waiting import wait_for  # noqa: E402
 from tools.localcluster import Cluster  # noqa: E402
 from tools.localcluster.nodes import REAL_RUNNER_TOLERATION, real_runner_node  # noqa: E402
 
 API = "/apis/scibox.io/v1alpha1"
 NS = "gateway-bench"
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 WORDS = [w for w in VOCAB if w.startswith("w")]
 
 
@@ -136,20 +137,13 @@ def run(args: argparse.Namespace) -> dict:
         cluster.start_runner(REAL_NODE, gpus=REAL_NODE_GPUS)
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD), "-f", str(GATEWAY_CRD))
         cluster.kubectl("wait", "--for=condition=Established", "crd/vllmgateways.scibox.io", "--timeout=60s")
-        cluster.kubectl("apply", "-f", "-", input="""
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: {name: local-rwx, annotations: {scibox.io/access-modes: "ReadWriteOnce,ReadWriteMany"}}
-provisioner: scibox.io/local-path
-reclaimPolicy: Delete
-volumeBindingMode: Immediate
-""")
+        rwx = apply_rwx_storage_class(cluster)
         operator.start()
         cluster.rest.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
         body = vllmd_body("tiny", "scibox/tiny-llama", mirror.endpoint)
         body["spec"].update({"replicas": 2})
         body["spec"]["resources"].update({"cpu": "500m", "memory": "2Gi"})
-        body["spec"]["cache"]["storageClassName"] = "local-rwx"
+        body["spec"]["cache"]["storageClassName"] = rwx
         body["spec"]["engine"]["enablePrefixCaching"] = True
         cluster.rest.create(f"{API}/namespaces/{NS}/vllmdeployments", body)
         cluster.rest.create(f"{API}/namespaces/{NS}/vllmgateways", {

@@ -23,20 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.fixtures.cluster import apply_rwx_storage_class  # noqa: E402
 from tests.fixtures.operator import CRD, OperatorProcess  # noqa: E402
 from tests.operator.rollout_timeline import Timeline  # noqa: E402
 from tests.operator.test_safe_rollouts import env_is, filler, stand_in  # noqa: E402
 from tools.localcluster import Cluster  # noqa: E402
-
-RWX = """apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata:
-  name: local-rwx
-  annotations: {scibox.io/access-modes: 'ReadWriteOnce,ReadWriteMany'}
-provisioner: scibox.io/local-path
-reclaimPolicy: Delete
-volumeBindingMode: Immediate
-"""
 
 
 def _apply(cluster: Cluster, ns: str, body: dict) -> None:
@@ -67,7 +58,7 @@ def main() -> int:
     cluster.start()
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     cluster.kubectl("wait", "--for=condition=Established", "crd/vllmdeployments.scibox.io")
-    cluster.kubectl("apply", "-f", "-", input=RWX)
+    apply_rwx_storage_class(cluster)
     ns = f"bench-rollouts-{int(time.time())}"
     cluster.kubectl("create", "namespace", ns)
     operator = OperatorProcess(cluster.kubeconfig, Path(tempfile.mkdtemp(prefix="scibox-bench-rollouts-")),

@@ -23,16 +23,16 @@ import urllib.request
 import pytest
 
 from tests.e2e.conftest import API, vllmd_body
+from tests.fixtures.cluster import RWX_STORAGE_CLASS, apply_rwx_storage_class
 from tests.fixtures.hub import TINY_REPO
 from tests.fixtures.tiny_model import make_tiny_model
+from tests.loopback import NO_PROXY
 from tools.localcluster.nodes import REAL_RUNNER_TOLERATION
 
 pytestmark = [pytest.mark.cluster]
 
 SECOND_REPO = "scibox/tiny-llama-b"
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 RUNNER_PLACEMENT = {"nodeSelector": {"scibox.io/real-runner": "true"}, "tolerations": [dict(REAL_RUNNER_TOLERATION)]}
-RWX_CLASS = "local-rwx"
 
 
 def http(url: str, payload: dict | None = None, timeout: float = 60) -> tuple[int, str]:
@@ -83,19 +83,8 @@ def second_model(hub_mirror, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rwx(e2e_cluster):
-    e2e_cluster.cluster.kubectl("apply", "-f", "-", input=f"""
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata:
-  name: {RWX_CLASS}
-  annotations:
-    scibox.io/access-modes: ReadWriteOnce,ReadWriteMany
-provisioner: scibox.io/local-path
-reclaimPolicy: Delete
-volumeBindingMode: Immediate
-""")
-    yield RWX_CLASS
-    e2e_cluster.cluster.kubectl("delete", "storageclass", RWX_CLASS, "--ignore-not-found")
+    yield apply_rwx_storage_class(e2e_cluster.cluster)
+    e2e_cluster.cluster.kubectl("delete", "storageclass", RWX_STORAGE_CLASS, "--ignore-not-found")
 
 
 def model_body(name: str, repo: str, hub: str, *, replicas: int = 1, storage_class: str | None = None) -> dict:

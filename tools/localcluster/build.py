@@ -239,14 +239,13 @@ def _build_locked(tool: GoTool | RepoGoTool) -> Path:
         log(f"{tool.name}: compiling {', '.join(tool.binaries)} in one go build")
         _go(["build", *mod_flags, "-trimpath", f"-ldflags={tool.ldflags}", "-o", str(tmp_out) + "/",
              *tool.packages], workdir)
-    for binary, package in zip(tool.binaries, tool.packages, strict=True):
-        if isinstance(tool, GoTool) and tool.one_build:
-            break
-        log(f"{tool.name}: compiling {binary} (minutes on 2 cores for Kubernetes)")
-        t0 = time.monotonic()
-        _go(["build", *mod_flags, "-trimpath", f"-ldflags={tool.ldflags}", "-o", str(tmp_out / binary), package],
-            workdir)
-        log(f"{tool.name}: {binary} done in {time.monotonic() - t0:.0f}s")
+    else:
+        for binary, package in zip(tool.binaries, tool.packages, strict=True):
+            log(f"{tool.name}: compiling {binary} (minutes on 2 cores for Kubernetes)")
+            t0 = time.monotonic()
+            _go(["build", *mod_flags, "-trimpath", f"-ldflags={tool.ldflags}", "-o", str(tmp_out / binary),
+                 package], workdir)
+            log(f"{tool.name}: {binary} done in {time.monotonic() - t0:.0f}s")
     shutil.rmtree(tool.bin_dir, ignore_errors=True)
     tmp_out.rename(tool.bin_dir)
     log(f"{tool.name} {tool.version}: built in {time.monotonic() - started:.0f}s")
