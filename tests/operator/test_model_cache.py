@@ -53,11 +53,21 @@ def test_same_model_shares_one_claim_and_one_job_on_rwx_storage(cluster, operato
         get(cluster, "pvc", claims[0]["metadata"]["name"], namespace)["metadata"].get("ownerReferences") or []),
         timeout=30, what="both users own the shared claim")
     assert sorted(r["name"] for r in owners) == ["a", "b"]
+    # The finished Job, the record that the claim is full, is b's too though b came after it.
+    job_name, job_uid = jobs[0]["metadata"]["name"], jobs[0]["metadata"]["uid"]
+    job_owners = wait_for(lambda: (lambda refs: refs if len(refs) == 2 else None)(
+        get(cluster, "job", job_name, namespace)["metadata"].get("ownerReferences") or []),
+        timeout=30, what="both users own the finished download Job")
+    assert sorted(r["name"] for r in job_owners) == ["a", "b"]
 
-    # Deleting one user keeps the claim for the other; deleting the last one removes it.
+    # Deleting one user keeps the claim and its Job for the other (no new download); deleting the
+    # last one removes them.
     cluster.kubectl("delete", "vllmd", "a", "-n", namespace, "--wait=true")
     wait_for(lambda: get(cluster, "deployment", "a", namespace) is None, timeout=60, what="a's Deployment gone")
     assert get(cluster, "pvc", claims[0]["metadata"]["name"], namespace) is not None
+    wait_for(lambda: [r["name"] for r in get(cluster, "job", job_name, namespace)["metadata"]["ownerReferences"]]
+             == ["b"], timeout=60, what="a dropped from the Job's owners")
+    assert [j["metadata"]["uid"] for j in get(cluster, "jobs", None, namespace)["items"]] == [job_uid]
     cluster.kubectl("delete", "vllmd", "b", "-n", namespace, "--wait=true")
     wait_for(lambda: not [c for c in get(cluster, "pvc", None, namespace)["items"]
                           if not c["metadata"].get("deletionTimestamp")],

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from scibox_operator import metrics
 from scibox_operator.api.spec import VLLMDeployment
-from scibox_operator.reconcile.desired import Desired
+from scibox_operator.reconcile.desired import Desired, OwnerUpdate
 from scibox_operator.reconcile.diff import needs_apply, owned_by
 from scibox_operator.reconcile.status import Failure
 from scibox_operator.runtime.kube import KINDS, ApiError, KubeClient
@@ -99,6 +99,7 @@ class Applier:
         results += await asyncio.gather(
             *(self._ensure_child(vd, child) for child in children),
             *(self._remove_child(vd, kind, name) for kind, name in want.removals),
+            *(self._update_owners(vd, update) for update in want.owner_updates),
             return_exceptions=True,
         )
         rejected, conflicts = _outcome(results)
@@ -161,6 +162,25 @@ class Applier:
         if live is None or not owned_by(kind, live, vd.uid):
             return  # what is not ours stays, even when it carries our labels
         await self.client.delete(kind, vd.namespace, name, uid=(live.get("metadata") or {}).get("uid"))
+
+    async def _update_owners(self, vd: Owner, update: OwnerUpdate) -> None:
+        """A merge patch of the owner references alone (server-side apply would have to send the
+        whole immutable object again); the uid in the body is the server's precondition."""
+        live = self.store.child(update.kind, vd.namespace, update.name)
+        if live is None or not owned_by(update.kind, live, vd.uid) \
+                or (live.get("metadata") or {}).get("uid") != update.uid:
+            return
+        body = {"metadata": {"uid": update.uid, "ownerReferences": list(update.owner_references)}}
+        try:
+            result = await self.client.request("PATCH", KINDS[update.kind].path(vd.namespace, update.name), body=body,
+                                               content_type="application/merge-patch+json")
+        except ApiError as exc:
+            if exc.status in (404, 409):  # gone, or replaced by another Job since: the next pass sees it
+                return
+            raise
+        metrics.APPLIES.labels(kind=update.kind).inc()
+        result.setdefault("kind", update.kind)
+        self.store.put_child(update.kind, result)
 
     async def _read_fresh(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -25,7 +25,7 @@ from scibox_operator.reconcile.diff import needs_apply, stamped
 from scibox_operator.reconcile.rollout import RolloutInputs, RolloutOutcome, decide_rollout
 from scibox_operator.reconcile.status import CacheState, Failure
 
-from ..render.cache import download_job_name, render_cache_pvc, render_download_job
+from ..render.cache import cache_owner_refs, download_job_name, render_cache_pvc, render_download_job
 from ..render.deployment import render_deployment
 from ..render.leaderworkerset import INSTALL_HINT, leader_worker_set_name, render_leader_worker_set
 from ..render.monitoring import render_service_monitor
@@ -53,6 +53,7 @@ class Observed:
     # every VLLMDeployment serving from this cache claim, gathered only while it matters (an
     # unfinished download, a Delete-policy claim); otherwise just the object itself
     users: tuple[VLLMDeployment, ...] = ()
+    users_gathered: bool = False  # True when `users` is every user, not just the object itself
     cache: CacheState = CacheState(False, reason="DownloadPending", message="the download Job is being created")
     service_monitor_crd: bool = False
     leader_worker_set_crd: bool = False
@@ -87,6 +88,18 @@ REMOVABLE_KINDS = ("Job", "Deployment", "LeaderWorkerSet", "NetworkPolicy", "Ser
 
 
 @dataclass(frozen=True)
+class OwnerUpdate:
+    """New owner references for a live child that is no longer rendered: a finished download
+    Job (its template is immutable, and re-rendering it after an image change would replace it
+    and download again). Its users must own it, or deleting the first users would
+    garbage-collect the record that the cache is full while others still serve from it."""
+    kind: str
+    name: str
+    uid: str  # the live object's: a precondition, so a recreated Job is not patched
+    owner_references: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
 class Desired:
     children: tuple[dict[str, Any], ...]  # applied where they differ from the live ones
     removals: tuple[ChildKey, ...]  # live children this spec no longer asks for
@@ -95,6 +108,7 @@ class Desired:
     failure: Failure | None = None
     notes: tuple[Note, ...] = ()
     rollout: RolloutOutcome | None = None  # the workload's rollout (reconcile/rollout.py)
+    owner_updates: tuple[OwnerUpdate, ...] = ()
 
     def __post_init__(self) -> None:
         unexpected = {kind for kind, _ in self.removals} - set(REMOVABLE_KINDS)
@@ -142,6 +156,7 @@ def desired(vd: VLLMDeployment, plan: ServingPlan, observed: Observed) -> Desire
     if note is not None:
         notes.append(note)
     children.extend(_download_job(plan, users, observed, removals))
+    owner_updates = _finished_job_owners(plan, users, observed)
 
     rollout: RolloutOutcome | None = None
     if observed.cache.complete:
@@ -172,7 +187,8 @@ def desired(vd: VLLMDeployment, plan: ServingPlan, observed: Observed) -> Desire
         want(kind, name, obj)
     notes.extend(Note(*n) for n in autoscaling_notes(vd, plan, observed.gpu_nodes, keda=observed.scaled_object_crd,
                                                      allow_query=observed.autoscaling_prometheus.allow_query))
-    return Desired(tuple(children), tuple(removals), workload, observed.cache.complete, None, tuple(notes), rollout)
+    return Desired(tuple(children), tuple(removals), workload, observed.cache.complete, None, tuple(notes), rollout,
+                   owner_updates)
 
 
 CACHE_ACCESS_CONFLICT = "CacheAccessModeConflict"
@@ -253,6 +269,26 @@ def _download_job(plan: ServingPlan, users: list[VLLMDeployment], observed: Obse
             removals.append(("Job", job["metadata"]["name"]))
         return []
     return [job]
+
+
+def _finished_job_owners(plan: ServingPlan, users: list[VLLMDeployment],
+                         observed: Observed) -> tuple[OwnerUpdate, ...]:
+    """A finished download Job owned by other VLLMDeployments than the claim's users today (one
+    that started using the model after the download, one that stopped), when every user is
+    known. References to other kinds of owner are kept."""
+    if not observed.cache.complete or not observed.users_gathered or users[0].spec.model.is_pvc:
+        return ()
+    name = download_job_name(plan)
+    live = observed.live("Job", name)
+    if live is None:
+        return ()
+    meta = live.get("metadata") or {}
+    refs = meta.get("ownerReferences") or []
+    want = cache_owner_refs(sorted(users, key=lambda u: u.uid))
+    if {r.get("uid") for r in refs if r.get("kind") == "VLLMDeployment"} == {r["uid"] for r in want}:
+        return ()
+    kept = [r for r in refs if r.get("kind") != "VLLMDeployment"]
+    return (OwnerUpdate("Job", name, str(meta.get("uid", "")), tuple(kept + want)),)
 
 
 def _cache_claim(vd: VLLMDeployment, plan: ServingPlan, users: list[VLLMDeployment],

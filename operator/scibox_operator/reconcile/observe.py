@@ -23,15 +23,20 @@ def observe(store: Store, vd: VLLMDeployment, plan: ServingPlan, *, default_imag
     ns = vd.namespace
     children = {(kind, name): live for kind, name in child_keys(vd, plan)
                 if (live := store.child(kind, ns, name)) is not None}
+    job: dict[str, Any] | None = None
     if vd.spec.model.is_pvc:
         cache = CacheState(True, reason="ModelOnVolume", message=f"model read from claim {plan.cache_claim}")
     else:
         job_name = download_job_name(plan)
-        cache = CacheState.from_job(children.get(("Job", job_name)), store.downloads.get((ns, job_name)))
+        job = children.get(("Job", job_name))
+        cache = CacheState.from_job(job, store.downloads.get((ns, job_name)))
     # A shared claim's Job (and a Delete-policy claim) is owned by every user of the model, so
-    # gathering them costs O(users): done only while the download is unfinished or when the
-    # claim may be deleted with its users (with 1000 users that was half the operator's CPU).
-    gather = (not cache.complete and not vd.spec.model.is_pvc) or vd.spec.cache.deletion_policy == "Delete"
+    # gathering them costs O(users): done only while the download is unfinished, when the
+    # claim may be deleted with its users, or when this object came after the download and
+    # does not own its Job yet (with 1000 users that was half the operator's CPU).
+    joined_late = job is not None and vd.uid not in _owner_uids(job)
+    gather = (not cache.complete and not vd.spec.model.is_pvc) or vd.spec.cache.deletion_policy == "Delete" \
+        or joined_late
     users = tuple(cache_users(store, vd, plan)) if gather else (vd,)
     expandable = {name: bool(sc.get("allowVolumeExpansion")) for name, sc in store.storage_classes.items()}
     # The adapters' Jobs: the spec's, and those status still lists (an adapter just removed).
@@ -42,7 +47,7 @@ def observe(store: Store, vd: VLLMDeployment, plan: ServingPlan, *, default_imag
                     and ADAPTER_LABEL in ((job.get("metadata") or {}).get("labels") or {})
                     and owned_by("Job", job, vd.uid) and _controller_uid(job) == vd.uid}
     adapter_reports = {name: report for name in adapter_jobs if (report := store.downloads.get((ns, name)))}
-    return Observed(children=children, users=users, cache=cache,
+    return Observed(children=children, users=users, users_gathered=gather, cache=cache,
                     adapter_jobs=adapter_jobs, adapter_reports=adapter_reports,
                     service_monitor_crd=store.service_monitor_crd,
                     leader_worker_set_crd=store.leader_worker_set_crd,
@@ -51,6 +56,10 @@ def observe(store: Store, vd: VLLMDeployment, plan: ServingPlan, *, default_imag
                     autoscaling_prometheus=autoscaling_prometheus,
                     expandable_storage=expandable, default_image=default_image,
                     hub_endpoint=hub_endpoint, api_key_digest=api_key_digest)
+
+
+def _owner_uids(body: dict[str, Any]) -> set[str]:
+    return {str(r.get("uid")) for r in (body.get("metadata") or {}).get("ownerReferences") or []}
 
 
 def _controller_uid(body: dict[str, Any]) -> str | None:

@@ -29,7 +29,7 @@ PERMANENT_EXIT_CODES = tuple(DOWNLOAD_EXIT_CODES[k] for k in
 DOWNLOAD_BACKOFF_LIMIT = 4
 
 
-def _owner_refs(owners: list[VLLMDeployment]) -> list[dict[str, Any]]:
+def cache_owner_refs(owners: list[VLLMDeployment]) -> list[dict[str, Any]]:
     """A shared claim is owned by every VLLMDeployment using it (none is *the* controller), so
     the garbage collector removes it only when the last one is gone."""
     refs = []
@@ -50,7 +50,7 @@ def _cache_metadata(vd: VLLMDeployment, name: str, component: str, owners: list[
                             "annotations": {MODEL_ANNOTATION: vd.spec.model.name,
                                             REVISION_ANNOTATION: vd.spec.model.revision}}
     if owners:
-        meta["ownerReferences"] = _owner_refs(owners)
+        meta["ownerReferences"] = cache_owner_refs(owners)
     return meta
 
 

@@ -133,6 +133,35 @@ def test_a_shared_claim_is_kept_while_any_user_retains_it_and_every_user_renders
     assert sorted(r["uid"] for r in refs) == ["uid-d", "uid-e"] and not any(r["controller"] for r in refs)
 
 
+def test_a_finished_shared_job_follows_its_users_and_is_left_alone_once_it_does():
+    def user(name, uid):
+        return vd_of(name, uid, cache={"accessMode": "ReadWriteMany", "deletionPolicy": "Delete"})
+
+    first, late, other = user("a", "uid-a"), user("b", "uid-b"), user("c", "uid-c")
+    plan = plan_of(first, shared=True)
+    job = copy.deepcopy(child(desired(first, plan, observed(users=(first,), cache=CacheState(False))), "Job"))
+    job["metadata"]["uid"] = "job-1"
+    job["metadata"]["ownerReferences"].append({"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "cm-1"})
+
+    # b came after the download: its pass adds it, keeping the foreign reference
+    joined = desired(late, plan, observed([job], users=(late, first), users_gathered=True))
+    assert "Job" not in [k for k, _ in kinds(joined)], "a finished Job is never re-applied"
+    (update,) = joined.owner_updates
+    assert (update.kind, update.name, update.uid) == ("Job", job["metadata"]["name"], "job-1")
+    assert [r["uid"] for r in update.owner_references] == ["cm-1", "uid-a", "uid-b"]
+    assert not any(r.get("controller") for r in update.owner_references)
+
+    # a user that left (c owned it, is no longer a user): removed
+    job["metadata"]["ownerReferences"] = [*update.owner_references[:2], {**update.owner_references[1], "uid": "uid-c"}]
+    left = desired(first, plan, observed([job], users=(first,), users_gathered=True))
+    assert [r["uid"] for r in left.owner_updates[0].owner_references] == ["cm-1", "uid-a"]
+
+    # owned by exactly its users: nothing to write; users not gathered: nothing is decided
+    job["metadata"]["ownerReferences"] = list(update.owner_references)
+    assert desired(first, plan, observed([job], users=(first, late), users_gathered=True)).owner_updates == ()
+    assert desired(other, plan, observed([job], users=(other,))).owner_updates == ()
+
+
 def test_a_claim_never_shrinks_and_grows_only_where_the_storage_class_allows():
     small, big = vd_of(cache={"size": "1Gi"}), vd_of(cache={"size": "2Gi"})
     live = child(desired(big, plan_of(big, size="2Gi"), observed()), "PersistentVolumeClaim")
