@@ -51,7 +51,8 @@ class Observed:
 
     children: Mapping[ChildKey, dict[str, Any]] = field(default_factory=dict)
     # every VLLMDeployment serving from this cache claim, gathered only while it matters (an
-    # unfinished download, a Delete-policy claim); otherwise just the object itself
+    # unfinished download, a Delete-policy claim, a finished Job this object does not own yet);
+    # otherwise just the object itself
     users: tuple[VLLMDeployment, ...] = ()
     users_gathered: bool = False  # True when `users` is every user, not just the object itself
     cache: CacheState = CacheState(False, reason="DownloadPending", message="the download Job is being created")
@@ -276,10 +277,10 @@ def _finished_job_owners(plan: ServingPlan, users: list[VLLMDeployment],
     """A finished download Job owned by other VLLMDeployments than the claim's users today (one
     that started using the model after the download, one that stopped), when every user is
     known. References to other kinds of owner are kept."""
-    if not observed.cache.complete or not observed.users_gathered or users[0].spec.model.is_pvc:
+    if not observed.cache.complete or not observed.users_gathered:
         return ()
     name = download_job_name(plan)
-    live = observed.live("Job", name)
+    live = observed.live("Job", name)  # never observed for a pvc:// model (child_keys)
     if live is None:
         return ()
     meta = live.get("metadata") or {}
