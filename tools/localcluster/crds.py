@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from .rest import Rest
+from .rest import ApiError, Rest
 
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
@@ -29,12 +29,38 @@ def apply_established(rest: Rest, manifests: list[dict], deadline: float) -> lis
     return names
 
 
+# The API server's CRD finalizer retries a failed instance cleanup with a per-CRD exponential
+# back-off; right after an install its listing can fail several times, and the deletion then
+# waits for the informer's 5-minute resync (measured here: 3 of 25 uninstalls took 280-290 s,
+# Terminating=True InstanceDeletionFailed). A metadata change re-queues the CRD at once.
+NUDGE_EVERY = 5.0
+NUDGE_ANNOTATION = "scibox.io/finalizer-nudge"
+
+
 def delete_and_wait(rest: Rest, names: tuple[str, ...], timeout: float) -> None:
     for name in names:
         rest.delete(f"{CRD_PATH}/{name}")
     deadline = time.monotonic() + timeout
-    for name in names:
-        while rest.get_or_none(f"{CRD_PATH}/{name}") is not None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"CRD {name} still present after {timeout}s")
-            time.sleep(0.2)
+    next_nudge = time.monotonic() + NUDGE_EVERY
+    left = list(names)
+    while left:
+        left = [name for name in left if rest.get_or_none(f"{CRD_PATH}/{name}") is not None]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"CRD {left[0]} still present after {timeout}s")
+        if time.monotonic() > next_nudge:
+            for name in left:
+                nudge_finalizer(rest, name)
+            next_nudge = time.monotonic() + NUDGE_EVERY
+        time.sleep(0.2)
+
+
+def nudge_finalizer(rest: Rest, name: str) -> None:
+    """Touch a terminating CRD's metadata so that the finalizer controller takes it up again."""
+    body = {"metadata": {"annotations": {NUDGE_ANNOTATION: f"{time.time():.3f}"}}}
+    try:
+        rest.request("PATCH", f"{CRD_PATH}/{name}", body=body, content_type="application/merge-patch+json")
+    except ApiError as exc:
+        if exc.status != 404:  # gone meanwhile
+            raise

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import yaml
 
-from . import build, pki, versions
+from . import build, crds, pki, versions
 from .local import DEFAULT_NAME, Cluster, ClusterError, _proc_state, free_port
 from .rest import ApiError, Rest
 
@@ -215,12 +215,7 @@ def install_crd(rest: Rest, version: str = versions.LWS, timeout: float = 60.0) 
 
 def uninstall_crd(rest: Rest, timeout: float = 120.0) -> None:
     """Delete the CRD (and with it every LeaderWorkerSet) and wait until it is gone."""
-    rest.delete(f"{CRD_PATH}/{CRD_NAME}")
-    deadline = time.monotonic() + timeout
-    while rest.get_or_none(f"{CRD_PATH}/{CRD_NAME}") is not None:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"CRD {CRD_NAME} still present after {timeout}s")
-        time.sleep(0.2)
+    crds.delete_and_wait(rest, (CRD_NAME,), timeout)
 
 
 def install_webhooks(rest: Rest, configs: list[dict]) -> None:

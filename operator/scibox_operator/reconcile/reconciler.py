@@ -34,7 +34,7 @@ from scibox_operator.reconcile.policy import AdminPolicy, policy_violation
 from scibox_operator.reconcile.rollout import EVENT_TYPES, PROGRESSING
 from scibox_operator.reconcile.rollout_slots import OperatorRolloutSlots, rollout_inputs
 from scibox_operator.reconcile.startup import StartupInputs, new_stage_values, startup_status
-from scibox_operator.reconcile.status import Failure, PlanNote, compute_status, status_differs
+from scibox_operator.reconcile.status import Failure, PlanNote, compute_status, group_at_rest, status_differs
 from scibox_operator.render.cache import download_job_name
 from scibox_operator.render.service import endpoint_url
 from scibox_operator.runtime.hub import HubClient, HubError
@@ -47,6 +47,8 @@ from scibox_operator.runtime.workqueue import WorkQueue
 log = logging.getLogger(__name__)
 
 TRANSIENT_MAX_BACKOFF = 15.0
+# A LeaderWorkerSet still moving is read again after 2, 4, 8, ... seconds, at most this far apart.
+GROUP_POLL_MAX_SECONDS = 30.0
 
 
 def _transient(exc: BaseException) -> bool:
@@ -72,6 +74,7 @@ class Controller:
         self.store = Store()
         self.queue = WorkQueue()
         self.failures: dict[Key, int] = {}
+        self.group_polls: dict[Key, int] = {}
         self.active = asyncio.Event()  # set while this replica may act (leader election)
         self.probing = False  # set by the Prober when it runs
         self._tasks: list[asyncio.Task[None]] = []
@@ -169,6 +172,7 @@ class Controller:
         body = self.store.vllmds.get(key)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             self.enqueue(self.rollout_slots.release(key))
+            self.group_polls.pop(key, None)
             return None  # children carry owner references: the garbage collector removes them
         now = datetime.now(UTC)
         current_status = body.get("status") or {}
@@ -243,7 +247,22 @@ class Controller:
                                            rolled_out=_condition(status, "UpToDate"))
         await self._write_status(body, status)
         observe_startup(new_stage_values(current_status.get("startup"), status["startup"]), status["startup"])
-        return want.rollout.requeue if want.rollout is not None else None
+        polls = [want.rollout.requeue if want.rollout is not None else None,
+                 self._group_poll(key, applied.workload) if want.workload[0] == "LeaderWorkerSet"
+                 and want.workload_current else None]
+        return min((p for p in polls if p is not None), default=None)
+
+    def _group_poll(self, key: Key, group: dict[str, Any] | None) -> float | None:
+        """Seconds until a moving LeaderWorkerSet is read again, None once it is at rest. kopf
+        starts its watch only if the CRD is in discovery when kopf hears of it, and Established
+        can come a few milliseconds before that: a CRD installed after the operator started may
+        never be watched, and nothing else brings the pass that sees the group become ready."""
+        if group_at_rest(group):
+            self.group_polls.pop(key, None)
+            return None
+        n = self.group_polls.get(key, 0) + 1
+        self.group_polls[key] = n
+        return min(GROUP_POLL_MAX_SECONDS, 2.0 ** min(n, 10))
 
     def _startup_inputs(self, key: Key, vd: VLLMDeployment, plan: ServingPlan, planning_seconds: float) -> StartupInputs:
         """What status.startup is computed from: reads of the store only."""

@@ -109,6 +109,15 @@ def rollout_condition(desired: int, workload: dict[str, Any] | None, current: bo
     return "True", "RolledOut", f"all {desired} replicas run the current template and are ready"
 
 
+def group_at_rest(workload: dict[str, Any] | None) -> bool:
+    """A LeaderWorkerSet whose controller has nothing left to do: every group it wants runs its
+    current template and is ready (UpToDate's rule, on the object's own spec.replicas)."""
+    if workload is None:
+        return False
+    replicas = int((workload.get("spec") or {}).get("replicas", 1) or 0)
+    return rollout_condition(replicas, workload, True)[0] == "True"
+
+
 def plan_status(plan: ServingPlan, inputs: str) -> dict[str, Any]:
     """What status keeps of a plan: enough to serve on with it when the hub cannot be read."""
     return {"tensorParallelSize": plan.tensor_parallel_size, "pipelineParallelSize": plan.pipeline_parallel_size,

@@ -117,3 +117,49 @@ def test_an_object_someone_else_made_is_never_written_and_is_reported():
     assert ("apply", "Service", "m") not in kube.writes
     ready = next(c for c in kube.vllmd["status"]["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "ChildConflict" and "Service m" in ready["message"]
+
+
+def multi_node() -> tuple[Controller, MemoryKube, dict[str, Any]]:
+    from scibox_operator.api.names import LEADER_WORKER_SET_CRD
+    from scibox_operator.planning.serving_plan import GpuNode
+
+    controller, kube = fresh()
+    controller.store.established_crds.add(LEADER_WORKER_SET_CRD)
+    for name in ("gpu-a", "gpu-b"):
+        controller.store.nodes[name] = GpuNode(name, (), 8)
+    body = vllmd(resources={"gpus": 16}, parallelism={"tensorParallelSize": 8, "pipelineParallelSize": 2})
+    return controller, kube, body
+
+
+def group_status(kube: MemoryKube, ready: int) -> None:
+    group = kube.objects[("LeaderWorkerSet", "ns", "m-group")]
+    group["status"] = {"replicas": 1, "updatedReplicas": 1, "readyReplicas": ready,
+                       "conditions": [{"type": "Available", "status": "True" if ready else "False",
+                                       "observedGeneration": 1}]}
+    group["metadata"]["generation"] = 1
+
+
+def retry_of_pass(controller: Controller, kube: MemoryKube, body: dict[str, Any]) -> float | None:
+    """One pass from a store that holds what the API holds; what the pass asked for: seconds
+    until it must run again, or None."""
+    kube.vllmd = body
+    controller.store.vllmds[("ns", "m")] = copy.deepcopy(body)
+    for (kind, _ns, _name), obj in kube.objects.items():
+        controller.store.put_child(kind, copy.deepcopy(obj))
+    return asyncio.run(controller.reconcile(("ns", "m")))
+
+
+def test_a_leaderworkerset_still_moving_is_read_again_on_a_back_off_until_it_is_at_rest():
+    # kopf may never watch a LeaderWorkerSet CRD installed after it started: no event would
+    # bring the pass that sees the group ready, so the pass itself asks to run again.
+    controller, kube, body = multi_node()
+    assert retry_of_pass(controller, kube, body) == 2.0, "the group was just created"
+    assert ("apply", "LeaderWorkerSet", "m-group") in kube.writes
+    group_status(kube, ready=0)
+    assert retry_of_pass(controller, kube, body) == 4.0, "still not ready: read again later"
+    group_status(kube, ready=1)
+    assert retry_of_pass(controller, kube, body) is None, "at rest: no poll"
+    assert ("ns", "m") not in controller.group_polls
+    assert kube.vllmd["status"]["replicas"] == 1
+    group_status(kube, ready=0)  # a leader restarts: moving again, the back-off starts over
+    assert retry_of_pass(controller, kube, body) == 2.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 import uuid
 from pathlib import Path
 
@@ -349,3 +350,31 @@ def test_helm_installs_a_chart_into_the_cluster(cluster, kube, namespace, tmp_pa
     )
     cm = client.CoreV1Api(kube).read_namespaced_config_map("rel-cm", namespace)
     assert cm.data == {"greeting": "hi"}
+
+
+def test_a_terminating_crd_takes_the_finalizer_nudge_and_goes_once_its_finalizers_are_done(cluster):
+    # The nudge (crds.delete_and_wait) must be accepted on a CRD already being deleted, and the
+    # wait must end when the CRD goes. A finalizer of the test's own keeps it terminating.
+    from tools.localcluster import crds
+
+    suffix = uuid.uuid4().hex[:6]
+    name = f"nudges{suffix}.test.scibox.io"
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+           "metadata": {"name": name, "finalizers": ["test.scibox.io/hold"]},
+           "spec": {"group": "test.scibox.io", "scope": "Namespaced",
+                    "names": {"plural": f"nudges{suffix}", "singular": f"nudge{suffix}", "kind": f"Nudge{suffix}"},
+                    "versions": [{"name": "v1", "served": True, "storage": True,
+                                  "schema": {"openAPIV3Schema": {"type": "object"}}}]}}
+    path = f"{crds.CRD_PATH}/{name}"
+    crds.apply_established(cluster.rest, [crd], time.monotonic() + 60)
+    cluster.rest.delete(path)
+    crds.nudge_finalizer(cluster.rest, name)
+    held = cluster.rest.get(path)
+    assert held["metadata"].get("deletionTimestamp") and crds.NUDGE_ANNOTATION in held["metadata"]["annotations"]
+    with pytest.raises(TimeoutError, match=name):
+        crds.delete_and_wait(cluster.rest, (name,), timeout=2)
+    others = [f for f in cluster.rest.get(path)["metadata"]["finalizers"] if f != "test.scibox.io/hold"]
+    cluster.rest.request("PATCH", path, body={"metadata": {"finalizers": others}},
+                         content_type="application/merge-patch+json")
+    crds.delete_and_wait(cluster.rest, (name,), timeout=60)
+    assert cluster.rest.get_or_none(path) is None
