@@ -24,10 +24,13 @@ from scibox_operator.reconcile.rollout import pod_gpu_request
 from scibox_operator.render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL, SERVER
 from scibox_operator.runtime.kube import KINDS, KubeClient
 from scibox_operator.runtime.leader import LeaderElector, Timing
+from scibox_operator.runtime.optional_watch import OPTIONAL_KINDS
 from scibox_operator.runtime.store import CHILD_KINDS, crd_established, storage_class_summary, trim
 
-# group, version, plural of each kind the operator renders (and so watches), from the one kind table
-CHILD_RESOURCES = {kind: (KINDS[kind].group, KINDS[kind].version, KINDS[kind].plural) for kind in CHILD_KINDS}
+# group, version, plural of each kind the operator renders (and so watches), from the one kind table;
+# the kinds whose CRDs may come and go are watched by the controller itself (optional_watch.py).
+CHILD_RESOURCES = {kind: (KINDS[kind].group, KINDS[kind].version, KINDS[kind].plural) for kind in CHILD_KINDS
+                   if kind not in OPTIONAL_KINDS}
 OURS = {MANAGED_BY_LABEL: MANAGED_BY}
 # The links between a server pod and its workload (ownership.py): kept as owner summaries only,
 # never reconciled. A Deployment's ReplicaSets carry its pod template's labels, ours; the leader
@@ -131,17 +134,9 @@ async def vllmdeployment_event(event: dict[str, Any], body: kopf.Body, memo: kop
 
 def _child_handler(kind: str):
     async def handler(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        controller: Controller = memo.controller
         if kind == "Job":
             memo.downloads.job_event(event["type"], body)
-        if event["type"] == "DELETED":
-            controller.store.drop_child(kind, body.metadata.namespace, body.metadata.name)
-        else:
-            known = controller.store.child(kind, body.metadata.namespace, body.metadata.name)
-            if known is not None and known["metadata"].get("resourceVersion") == body.metadata.get("resourceVersion"):
-                return  # the result of our own apply, already stored
-            controller.store.put_child(kind, body)
-        controller.enqueue(controller.store.owners_of(body))
+        memo.controller.child_event(kind, event["type"], body)
     handler.__name__ = f"{kind.lower()}_event"
     return handler
 
@@ -226,11 +221,7 @@ async def storage_class_event(event: dict[str, Any], body: kopf.Body, memo: kopf
 async def optional_crd_event(event: dict[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """ServiceMonitor and LeaderWorkerSet support follow their CRDs appearing and going."""
     controller: Controller = memo.controller
-    established = event["type"] != "DELETED" and crd_established(body)
-    crds = controller.store.established_crds
-    if established != (body.metadata.name in crds):
-        (crds.add if established else crds.discard)(body.metadata.name)
-        controller.enqueue_all()
+    controller.crds_changed(body.metadata.name, event["type"] != "DELETED" and crd_established(body))
 
 
 

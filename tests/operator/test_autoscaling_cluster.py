@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from tools.localcluster import keda_crds
+from tools.localcluster import crds, keda_crds
 
 from .kubehelp import apply, condition, get, wait_for
 
@@ -110,3 +110,33 @@ def test_kubectl_scale_and_the_real_hpa_move_spec_replicas_and_the_operator_foll
     finally:
         if keda_crds_present:
             keda_crds.uninstall(cluster.rest)
+
+
+def set_crd_finalizers(cluster, name: str, change) -> None:
+    path = f"{crds.CRD_PATH}/{name}"
+    finalizers = change(list(cluster.rest.get(path)["metadata"].get("finalizers") or []))
+    cluster.rest.request("PATCH", path, body={"metadata": {"finalizers": finalizers}},
+                         content_type="application/merge-patch+json")
+
+
+def test_a_keda_crd_being_deleted_hands_autoscaling_to_the_hpa_at_once(cluster, operator, namespace,
+                                                                         rwx_storage_class):
+    # A terminating CRD stays Established=True while the API server removes its objects (minutes
+    # when its cleanup backs off) and refuses new ones: the HPA takes over when deletion starts.
+    hold = "test.scibox.io/hold"
+    keda_crds.install(cluster.rest)
+    try:
+        name = "going"
+        apply(cluster, namespace, vllmd(name, rwx_storage_class, autoscaling={"minReplicas": 1, "maxReplicas": 2}))
+        wait_for(lambda: get(cluster, SCALED_OBJECT, name, namespace), timeout=90, what="the ScaledObject")
+        assert get(cluster, HPA, name, namespace) is None
+        set_crd_finalizers(cluster, SCALED_OBJECT, lambda f: [*f, hold])  # the CRD stays terminating
+        cluster.rest.delete(f"{crds.CRD_PATH}/{SCALED_OBJECT}")
+        hpa = wait_for(lambda: get(cluster, HPA, name, namespace), timeout=60,
+                       what="the HPA while the ScaledObject CRD is being deleted")
+        assert hpa["spec"]["maxReplicas"] == 2
+        assert cluster.rest.get(f"{crds.CRD_PATH}/{SCALED_OBJECT}")["metadata"].get("deletionTimestamp")
+    finally:
+        if cluster.rest.get_or_none(f"{crds.CRD_PATH}/{SCALED_OBJECT}") is not None:
+            set_crd_finalizers(cluster, SCALED_OBJECT, lambda f: [x for x in f if x != hold])
+        keda_crds.uninstall(cluster.rest)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scibox_operator.runtime.store import Store
+from scibox_operator.runtime.store import Store, crd_established
 
 
 def body(name: str, version: str, model: str = "scibox/tiny-llama") -> dict:
@@ -24,3 +24,15 @@ def test_a_spec_is_parsed_once_per_version_and_forgotten_with_its_object():
     assert store.parsed(key) is None                        # invalid: None, not an exception
     store.forget_vllmd(key)
     assert store.parsed(key) is None and key not in store.parsed_vllmds
+
+
+def test_a_crd_counts_as_established_only_while_it_is_not_being_deleted():
+    crd = {"metadata": {"name": "scaledobjects.keda.sh"},
+           "status": {"conditions": [{"type": "NamesAccepted", "status": "True"},
+                                     {"type": "Established", "status": "True"}]}}
+    assert crd_established(crd)
+    crd["status"]["conditions"][1]["status"] = "False"
+    assert not crd_established(crd)
+    crd["status"]["conditions"][1]["status"] = "True"
+    crd["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"  # still Established=True, going
+    assert not crd_established(crd)

@@ -39,6 +39,7 @@ from scibox_operator.render.cache import download_job_name
 from scibox_operator.render.service import endpoint_url
 from scibox_operator.runtime.hub import HubClient, HubError
 from scibox_operator.runtime.kube import ApiError, KubeClient
+from scibox_operator.runtime.optional_watch import OptionalWatches
 from scibox_operator.runtime.secrets import SecretReader
 from scibox_operator.runtime.store import Key, Store, trim
 from scibox_operator.runtime.sync import StoreSync
@@ -81,6 +82,7 @@ class Controller:
         self.secrets = SecretReader(client, self.settings.secret_ttl)
         self.sync = StoreSync(client, self.store)
         self.applier = Applier(client, self.store)
+        self.optional_watches = OptionalWatches(client, self.store, self.child_event)
         self._background: set[asyncio.Task[None]] = set()
         self.rollout_slots = OperatorRolloutSlots(limit=self.settings.max_operator_rollouts)
         self.autoscaling_prometheus = AutoscalingPrometheus(self.settings.autoscaling_prometheus_url,
@@ -105,6 +107,7 @@ class Controller:
             log.warning("re-listing VLLMDeployments failed (the next resync retries): %s", exc)
 
     def start(self) -> None:
+        self.optional_watches.follow(self.store.established_crds)
         for i in range(self.settings.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"scibox-worker-{i}"))
         self._tasks.append(asyncio.create_task(self._resync(), name="scibox-resync"))
@@ -113,6 +116,7 @@ class Controller:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.optional_watches.stop()
         await self.hub.close()
 
     def enqueue(self, keys: Iterable[Key]) -> None:
@@ -121,6 +125,27 @@ class Controller:
 
     def enqueue_all(self) -> None:
         self.enqueue(list(self.store.vllmds))
+
+    def child_event(self, kind: str, event_type: str, body: Any) -> None:
+        """A child's watch event (or what a re-list found) into the store; its owners run again."""
+        meta = body["metadata"]
+        if event_type == "DELETED":
+            self.store.drop_child(kind, meta["namespace"], meta["name"])
+        else:
+            known = self.store.child(kind, meta["namespace"], meta["name"])
+            if known is not None and known["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
+                return  # the result of our own apply, already stored
+            self.store.put_child(kind, body)
+        self.enqueue(self.store.owners_of(body))
+
+    def crds_changed(self, name: str, established: bool) -> None:
+        """An optional CRD came or went: its watch follows, and every object renders again."""
+        crds = self.store.established_crds
+        if established == (name in crds):
+            return
+        (crds.add if established else crds.discard)(name)
+        self.optional_watches.follow(crds)
+        self.enqueue_all()
 
     async def _resync(self) -> None:
         while True:

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -158,6 +158,34 @@ class KubeClient:
             except (ValueError, AttributeError):
                 raise ApiError(status_code, http_reason or "", text[:500]) from None
         return json.loads(text) if text else None
+
+    async def stream(self, path: str, *, params: dict[str, str], read_timeout: float) -> AsyncIterator[dict[str, Any]]:
+        """A watch: one JSON event per line until the server ends the response."""
+        session = await self._ensure_session()
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout)
+        try:
+            async with session.get(self._server + path, params=params, timeout=timeout) as resp:
+                if self._on_request:
+                    self._on_request("WATCH", path, resp.status)
+                if resp.status >= 400:
+                    text = await resp.text()
+                    try:
+                        status = json.loads(text)
+                        reason, message = status.get("reason", ""), status.get("message", text)
+                    except (ValueError, AttributeError):
+                        reason, message = resp.reason or "", text[:500]
+                    raise ApiError(resp.status, reason, message)
+                pending = b""
+                async for chunk in resp.content.iter_any():
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield json.loads(line)
+        except aiohttp.ClientError as exc:
+            if isinstance(exc, OSError):
+                raise
+            raise ConnectionError(f"WATCH {path}: {exc.__class__.__name__}: {exc}") from exc
 
     async def apply(self, obj: dict[str, Any], *, status: bool = False) -> dict[str, Any]:
         """Server-side apply with one field manager; force takes back fields edited by hand."""

@@ -35,6 +35,10 @@ DOWNLOAD_POD_SELECTOR = f"{OURS_SELECTOR},{COMPONENT_LABEL}={DOWNLOAD}"
 
 
 def crd_established(body: Any) -> bool:
+    """Served and staying: a CRD being deleted keeps Established=True while the API server
+    removes its objects (minutes, when its finalizer backs off) and refuses new ones meanwhile."""
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
+        return False
     return any(c.get("type") == "Established" and c.get("status") == "True"
                for c in (body.get("status") or {}).get("conditions") or [])
 
