@@ -27,10 +27,8 @@ from scibox_operator.runtime.leader import LeaderElector, Timing
 from scibox_operator.runtime.optional_watch import OPTIONAL_KINDS
 from scibox_operator.runtime.store import CHILD_KINDS, crd_established, storage_class_summary, trim
 
-# group, version, plural of each kind the operator renders (and so watches), from the one kind table;
-# the kinds whose CRDs may come and go are watched by the controller itself (optional_watch.py).
-CHILD_RESOURCES = {kind: (KINDS[kind].group, KINDS[kind].version, KINDS[kind].plural) for kind in CHILD_KINDS
-                   if kind not in OPTIONAL_KINDS}
+# group, version, plural of each kind the operator renders (and so watches), from the one kind table
+CHILD_RESOURCES = {kind: (KINDS[kind].group, KINDS[kind].version, KINDS[kind].plural) for kind in CHILD_KINDS}
 OURS = {MANAGED_BY_LABEL: MANAGED_BY}
 # The links between a server pod and its workload (ownership.py): kept as owner summaries only,
 # never reconciled. A Deployment's ReplicaSets carry its pod template's labels, ours; the leader
@@ -141,7 +139,10 @@ def _child_handler(kind: str):
     return handler
 
 
+# The kinds whose CRDs may come and go are watched by the controller itself (optional_watch.py).
 for _kind, (_group, _version, _plural) in CHILD_RESOURCES.items():
+    if _kind in OPTIONAL_KINDS:
+        continue
     kopf.on.event(_group, _version, _plural, labels=OURS, id=f"{_kind.lower()}-event")(_child_handler(_kind))
 
 

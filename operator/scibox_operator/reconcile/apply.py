@@ -106,10 +106,10 @@ class Applier:
         kind, name = want.workload
         workload = self.store.child(kind, vd.namespace, name)
         if kind == "LeaderWorkerSet" and want.workload_current:
-            # kopf starts the LeaderWorkerSet watch only when it sees the CRD in discovery,
-            # and can miss a CRD installed after the operator started; the group's status
-            # is read from the API (multi-node objects are few; their pods' events and the
-            # reconciler's poll of a group still moving bring these passes).
+            # The group's status is read from the API: its watch starts only once the CRD is
+            # established and misses what happens while it reconnects (multi-node objects are
+            # few; their pods' events and the reconciler's poll of a moving group bring these
+            # passes).
             workload = await self._read_fresh(kind, vd.namespace, name) or workload
         return Applied(workload=workload, conflicts=tuple(conflicts), rejected=rejected)
 

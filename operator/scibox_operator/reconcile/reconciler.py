@@ -39,7 +39,7 @@ from scibox_operator.render.cache import download_job_name
 from scibox_operator.render.service import endpoint_url
 from scibox_operator.runtime.hub import HubClient, HubError
 from scibox_operator.runtime.kube import ApiError, KubeClient
-from scibox_operator.runtime.optional_watch import OptionalWatches
+from scibox_operator.runtime.optional_watch import OptionalWatches, kinds_served_by
 from scibox_operator.runtime.secrets import SecretReader
 from scibox_operator.runtime.store import Key, Store, trim
 from scibox_operator.runtime.sync import StoreSync
@@ -145,6 +145,9 @@ class Controller:
             return
         (crds.add if established else crds.discard)(name)
         self.optional_watches.follow(crds)
+        if not established:  # its objects go with it, and their watch has stopped
+            for kind in kinds_served_by(name):
+                self.store.children.pop(kind, None)
         self.enqueue_all()
 
     async def _resync(self) -> None:
@@ -278,10 +281,9 @@ class Controller:
         return min((p for p in polls if p is not None), default=None)
 
     def _group_poll(self, key: Key, group: dict[str, Any] | None) -> float | None:
-        """Seconds until a moving LeaderWorkerSet is read again, None once it is at rest. kopf
-        starts its watch only if the CRD is in discovery when kopf hears of it, and Established
-        can come a few milliseconds before that: a CRD installed after the operator started may
-        never be watched, and nothing else brings the pass that sees the group become ready."""
+        """Seconds until a moving LeaderWorkerSet is read again, None once it is at rest: the
+        pass that sees the group become ready must not hang on one watch event (under kopf, a
+        CRD installed after start-up could stay unwatched, and the group's status never came)."""
         if group_at_rest(group):
             self.group_polls.pop(key, None)
             return None

@@ -26,12 +26,18 @@ log = logging.getLogger(__name__)
 # Each optional child kind, and the CRD that serves it.
 OPTIONAL_KINDS = {"LeaderWorkerSet": LEADER_WORKER_SET_CRD, "ServiceMonitor": SERVICE_MONITOR_CRD,
                   "ScaledObject": SCALED_OBJECT_CRD}
+
+
 # The API server ends each watch after this long (a fresh one resumes from the last version).
 WATCH_SECONDS = 240
 RETRY_MAX_SECONDS = 30.0
 
 # (kind, event type "ADDED"/"MODIFIED"/"DELETED", object): what a watch event or a re-list found.
 ChildEvent = Callable[[str, str, dict[str, Any]], None]
+
+
+def kinds_served_by(crd: str) -> list[str]:
+    return [kind for kind, name in OPTIONAL_KINDS.items() if name == crd]
 
 
 class Gone(Exception):

@@ -163,3 +163,22 @@ def test_a_leaderworkerset_still_moving_is_read_again_on_a_back_off_until_it_is_
     assert kube.vllmd["status"]["replicas"] == 1
     group_status(kube, ready=0)  # a leader restarts: moving again, the back-off starts over
     assert retry_of_pass(controller, kube, body) == 2.0
+
+
+def test_a_crd_that_goes_takes_its_objects_out_of_the_store_and_no_write_follows():
+    # Their watch stops with the CRD, so no DELETED event would come: a stale ScaledObject would
+    # draw a DELETE on every later pass.
+    from scibox_operator.api.names import SCALED_OBJECT_CRD
+
+    controller, kube = fresh()
+    controller.store.established_crds.add(SCALED_OBJECT_CRD)
+    body = vllmd(autoscaling={"minReplicas": 1, "maxReplicas": 2})
+    run_pass(controller, kube, body)
+    assert ("ScaledObject", "ns", "m") in kube.objects
+    controller.crds_changed(SCALED_OBJECT_CRD, False)
+    assert controller.store.child("ScaledObject", "ns", "m") is None
+    del kube.objects[("ScaledObject", "ns", "m")]  # the API server removed it with its CRD
+    writes = run_pass(controller, kube, body)
+    assert ("apply", "HorizontalPodAutoscaler", "m") in writes
+    assert not [w for w in writes if w[0] == "delete"], writes
+    assert [w for w in run_pass(controller, kube, body) if w[0] != "status"] == []
