@@ -78,8 +78,9 @@ def owner_chain_lookup(cluster, namespace: str):
     for kind, resource in (("ReplicaSet", "replicasets"), ("Deployment", "deployments"),
                            ("StatefulSet", "statefulsets"), ("LeaderWorkerSet", "leaderworkersets")):
         proc = cluster.kubectl("get", resource, "-n", namespace, "-o", "json", check=False)
-        if proc.returncode != 0 and "doesn't have a resource type" in proc.stderr:
-            continue  # no LeaderWorkerSet CRD on this cluster (yet)
+        if proc.returncode != 0 and ("doesn't have a resource type" in proc.stderr
+                                     or "could not find the requested resource" in proc.stderr):
+            continue  # no LeaderWorkerSet CRD on this cluster (yet, or any more: kubectl's cache)
         assert proc.returncode == 0, proc.stderr
         listing = json.loads(proc.stdout)
         for item in listing["items"]:
