@@ -15,7 +15,6 @@ from scibox_operator import metrics
 from scibox_operator.api.names import GATEWAY_PLURAL, GROUP, PLURAL, VERSION, WATCHED_CRDS
 from scibox_operator.config import Settings
 from scibox_operator.planning.serving_plan import gpu_node_from_body
-from scibox_operator.readiness.ownership import owner_summary
 from scibox_operator.readiness.prober import Prober
 from scibox_operator.reconcile.gateway import GatewayReconciler
 from scibox_operator.reconcile.policy import PolicyError
@@ -25,7 +24,14 @@ from scibox_operator.render.common import DOWNLOAD, MANAGED_BY, MANAGED_BY_LABEL
 from scibox_operator.runtime.kube import KINDS, KubeClient
 from scibox_operator.runtime.leader import LeaderElector, Timing
 from scibox_operator.runtime.optional_watch import OPTIONAL_KINDS
-from scibox_operator.runtime.store import CHILD_KINDS, crd_established, storage_class_summary, trim
+from scibox_operator.runtime.store import (
+    CHILD_KINDS,
+    LWS_NAME_LABEL,
+    crd_established,
+    owner_summary,
+    storage_class_summary,
+    trim,
+)
 
 # group, version, plural of each kind the operator renders (and so watches), from the one kind table
 CHILD_RESOURCES = {kind: (KINDS[kind].group, KINDS[kind].version, KINDS[kind].plural) for kind in CHILD_KINDS}
@@ -33,7 +39,6 @@ OURS = {MANAGED_BY_LABEL: MANAGED_BY}
 # The links between a server pod and its workload (ownership.py): kept as owner summaries only,
 # never reconciled. A Deployment's ReplicaSets carry its pod template's labels, ours; the leader
 # StatefulSet of a LeaderWorkerSet carries only LWS's own name label.
-LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 OWNER_CHAIN_RESOURCES = {
     "ReplicaSet": (("apps", "v1", "replicasets"), OURS),
     "StatefulSet": (("apps", "v1", "statefulsets"), {LWS_NAME_LABEL: kopf.PRESENT}),

@@ -46,6 +46,16 @@ def our_event_names(cluster) -> set[str]:
     return {e["metadata"]["name"] for e in events if (e.get("source") or {}).get("component") == "scibox-vllm-operator"}
 
 
+def status_delta(old: dict, new: dict) -> dict:
+    """The top-level status fields (and conditions by type) that differ, old -> new."""
+    def flat(status: dict) -> dict:
+        out = {k: v for k, v in status.items() if k != "conditions"}
+        out.update({f"condition {c['type']}": c for c in status.get("conditions") or []})
+        return out
+    a, b = flat(old), flat(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
 def deployment_ready(cluster, ns, name):
     dep = get(cluster, "deployment", name, ns)
     return dep if dep and (dep.get("status") or {}).get("availableReplicas") == dep["spec"]["replicas"] else None
@@ -191,6 +201,7 @@ def test_restart_and_resync_with_nothing_changed_write_nothing(cluster, operator
              timeout=120, what="no namespace terminating")
     time.sleep(3)  # let the last watch events drain through the operator
 
+    statuses = {name: get(cluster, "vllmd", name, namespace)["status"] for name in names}
     before = request_counts(cluster.metrics_text())
     events_before = our_event_names(cluster)
     # A full restart re-lists everything and reconciles every object: the strictest resync.
@@ -200,7 +211,9 @@ def test_restart_and_resync_with_nothing_changed_write_nothing(cluster, operator
     after = request_counts(cluster.metrics_text())
     # Events are POSTed by every controller of the cluster; the operator's own are counted by name.
     writes = mutating_delta(before, after, OUR_RESOURCES - {"events"})
-    assert writes == {}, f"mutating requests during a resync with nothing to change: {writes}"
+    changed = {name: status_delta(statuses[name], get(cluster, "vllmd", name, namespace)["status"])
+               for name in names}
+    assert writes == {}, f"mutating requests during a resync with nothing to change: {writes}; {changed}"
     assert our_event_names(cluster) == events_before
     assert 'scibox_operator_reconciles_total{result="ok"}' in operator.metrics()
 

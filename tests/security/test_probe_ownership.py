@@ -13,13 +13,13 @@ import pytest
 from aiohttp import web
 
 from scibox_operator.config import Settings
-from scibox_operator.readiness.ownership import CHAINS, on_pod_network, owned_by, owner_summary, pod_is_ours
+from scibox_operator.readiness.ownership import CHAINS, on_pod_network, owned_by, pod_is_ours
 from scibox_operator.readiness.prober import Prober
 from scibox_operator.reconcile.reconciler import Controller
 from scibox_operator.render.deployment import CONTAINER_PORT
 from scibox_operator.render.service import LEADER_INDEX_LABEL
 from scibox_operator.runtime.kube import KubeClient
-from scibox_operator.runtime.store import pod_summary
+from scibox_operator.runtime.store import owner_summary, pod_summary
 
 NS, VD_UID, API_KEY = "team", "vd-uid", "sk-the-real-key"
 

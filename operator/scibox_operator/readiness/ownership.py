@@ -38,14 +38,6 @@ def controller_of(meta: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return next((ref for ref in meta.get("ownerReferences") or [] if ref.get("controller") is True), None)
 
 
-def owner_summary(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the chain check needs of a ReplicaSet or StatefulSet: the store keeps only this
-    (a ReplicaSet's pod template is most of its size, and there are several per Deployment)."""
-    meta = body.get("metadata") or {}
-    return {"metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
-                         "ownerReferences": [dict(r) for r in meta.get("ownerReferences") or []]}}
-
-
 def on_pod_network(pod: Mapping[str, Any]) -> bool:
     """A pod IP of its own: not hostNetwork, and not the node's address."""
     status = pod.get("status") or {}

@@ -61,6 +61,9 @@ KINDS = {k.kind: k for k in (
     Kind("v1", "Pod", "pods"),
     Kind("v1", "Node", "nodes", namespaced=False),
     Kind("apps/v1", "Deployment", "deployments"),
+    # the links from a server pod to its workload (readiness/ownership.py), listed at start-up
+    Kind("apps/v1", "ReplicaSet", "replicasets"),
+    Kind("apps/v1", "StatefulSet", "statefulsets"),
     Kind("batch/v1", "Job", "jobs"),
     Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
     Kind("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets"),

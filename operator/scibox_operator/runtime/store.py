@@ -32,6 +32,11 @@ CHILD_KINDS = ("Deployment", "Service", "Job", "PersistentVolumeClaim", "Service
 OURS_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 SERVER_POD_SELECTOR = f"{OURS_SELECTOR},{COMPONENT_LABEL}={SERVER}"
 DOWNLOAD_POD_SELECTOR = f"{OURS_SELECTOR},{COMPONENT_LABEL}={DOWNLOAD}"
+# The links between a server pod and its workload, kept as owner summaries only: a Deployment's
+# ReplicaSets carry its pod template's labels (ours); a LeaderWorkerSet's leader StatefulSet only
+# LWS's own name label.
+LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
+OWNER_CHAIN_SELECTORS = {"ReplicaSet": OURS_SELECTOR, "StatefulSet": LWS_NAME_LABEL}
 
 
 def crd_established(body: Any) -> bool:
@@ -41,6 +46,14 @@ def crd_established(body: Any) -> bool:
         return False
     return any(c.get("type") == "Established" and c.get("status") == "True"
                for c in (body.get("status") or {}).get("conditions") or [])
+
+
+def owner_summary(body: Any) -> dict[str, Any]:
+    """What the chain check needs of a ReplicaSet or StatefulSet: the store keeps only this
+    (a ReplicaSet's pod template is most of its size, and there are several per Deployment)."""
+    meta = body.get("metadata") or {}
+    return {"metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                         "ownerReferences": [dict(r) for r in meta.get("ownerReferences") or []]}}
 
 
 def storage_class_summary(body: Any) -> dict[str, Any]:

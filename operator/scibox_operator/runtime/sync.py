@@ -13,10 +13,12 @@ from scibox_operator.runtime.store import (
     CHILD_KINDS,
     DOWNLOAD_POD_SELECTOR,
     OURS_SELECTOR,
+    OWNER_CHAIN_SELECTORS,
     SERVER_POD_SELECTOR,
     Key,
     Store,
     crd_established,
+    owner_summary,
     pod_summary,
     reconcile_listing,
     storage_class_summary,
@@ -37,6 +39,15 @@ class StoreSync:
             for item in (listing or {}).get("items") or []:
                 item.setdefault("kind", kind)
                 self.store.put_child(kind, item)
+        # The prober's first round after a restart must know the server pods and the chains that
+        # make them ours: a pod whose ReplicaSet event had not arrived yet was judged not ours, and
+        # the transient "no replica to probe" verdict was written to status, then taken back.
+        for kind, selector in OWNER_CHAIN_SELECTORS.items():
+            listing = await self._list_quietly(kind, selector)
+            for item in (listing or {}).get("items") or []:
+                self.store.put_child(kind, owner_summary(item))
+        for pod in ((await self._list_quietly("Pod", SERVER_POD_SELECTOR)) or {}).get("items") or []:
+            self.store.put_pod(pod_summary(pod))
         for node in (await self.client.request("GET", KINDS["Node"].path()))["items"]:
             gpu_node = gpu_node_from_body(node)
             self.store.nodes[gpu_node.name] = gpu_node
