@@ -58,23 +58,28 @@ def test_one_answer_over_the_namespaces_with_the_oldest_version():
         "/apis/scibox.io/v1alpha1/vllmdeployments"]
 
 
-def test_priming_and_relisting_of_a_namespaced_operator_never_list_cluster_wide(monkeypatch):
-    monkeypatch.setenv("SCIBOX_WATCH_NAMESPACES", "team-a,team-b")
-    api = Recorder(list_answer)
-
-    async def go():
+def synced(api: Recorder, *, relist: bool) -> Controller:
+    """A controller against `api` after its start-up priming (and, with `relist`, a resync)."""
+    async def go() -> Controller:
         async with serving(api):
             controller = Controller(KubeClient(lambda: Credentials(api.url)), Settings(workers=1))
             try:
                 await controller.sync.prime()
-                await controller.sync.relist_vllmdeployments()
-                await controller.sync.relist_children()
+                if relist:
+                    await controller.sync.relist_vllmdeployments()
+                    await controller.sync.relist_children()
                 return controller
             finally:
                 await controller.hub.close()
                 await controller.client.close()
 
-    controller = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_priming_and_relisting_of_a_namespaced_operator_never_list_cluster_wide(monkeypatch):
+    monkeypatch.setenv("SCIBOX_WATCH_NAMESPACES", "team-a,team-b")
+    api = Recorder(list_answer)
+    controller = synced(api, relist=True)
     cluster_scoped = {"/api/v1/nodes", "/apis/storage.k8s.io/v1/storageclasses"}
     lists = [p for m, p, _ in api.requests if m == "GET" and "customresourcedefinitions" not in p]
     wide = [p for p in lists if "/namespaces/" not in p and p not in cluster_scoped]
@@ -88,18 +93,7 @@ def test_priming_knows_the_server_pods_and_their_owner_chain_before_the_first_pr
     # ReplicaSet's watch event had not come yet (it wrote a transient status, then took it back).
     monkeypatch.setenv("SCIBOX_WATCH_NAMESPACES", "team-a")
     api = Recorder(list_answer)
-
-    async def go():
-        async with serving(api):
-            controller = Controller(KubeClient(lambda: Credentials(api.url)), Settings(workers=1))
-            try:
-                await controller.sync.prime()
-                return controller
-            finally:
-                await controller.hub.close()
-                await controller.client.close()
-
-    store = asyncio.run(go()).store
+    store = synced(api, relist=False).store
     assert ("team-a", "in-team-a") in store.pods
     assert store.child("ReplicaSet", "team-a", "in-team-a") == {"metadata": {
         "name": "in-team-a", "namespace": "team-a", "uid": None, "ownerReferences": []}}
