@@ -89,6 +89,15 @@ class ApiError(Exception):
         self.message = message
 
 
+def api_error(status_code: int, http_reason: str | None, text: str) -> ApiError:
+    """The API server's Status body as an ApiError (its reason and message when it sent one)."""
+    try:
+        status = json.loads(text)
+        return ApiError(status_code, status.get("reason", ""), status.get("message", text))
+    except (ValueError, AttributeError):
+        return ApiError(status_code, http_reason or "", text[:500])
+
+
 class KubeClient:
     """Credentials come from a factory (kopf's login functions) and are re-read periodically,
     because in-cluster service-account tokens are rotated by the kubelet."""
@@ -155,11 +164,7 @@ class KubeClient:
         if self._on_request:
             self._on_request(method, path, status_code)
         if status_code >= 400:
-            try:
-                status = json.loads(text)
-                raise ApiError(status_code, status.get("reason", ""), status.get("message", text))
-            except (ValueError, AttributeError):
-                raise ApiError(status_code, http_reason or "", text[:500]) from None
+            raise api_error(status_code, http_reason, text)
         return json.loads(text) if text else None
 
     async def stream(self, path: str, *, params: dict[str, str], read_timeout: float) -> AsyncIterator[dict[str, Any]]:
@@ -171,13 +176,7 @@ class KubeClient:
                 if self._on_request:
                     self._on_request("WATCH", path, resp.status)
                 if resp.status >= 400:
-                    text = await resp.text()
-                    try:
-                        status = json.loads(text)
-                        reason, message = status.get("reason", ""), status.get("message", text)
-                    except (ValueError, AttributeError):
-                        reason, message = resp.reason or "", text[:500]
-                    raise ApiError(resp.status, reason, message)
+                    raise api_error(resp.status, resp.reason, await resp.text())
                 pending = b""
                 async for chunk in resp.content.iter_any():
                     pending += chunk
